@@ -1,0 +1,30 @@
+# bioplaus: how robust is a biologically plausible learning rule to its
+# hyperparameters? Run with `snakemake --cores 16`; read results/.
+#
+# Targets (each rebuildable alone):
+#   results/<dataset>/<model>/<sampler>/trials.csv   one optimisation study
+#   results/<dataset>/<model>/repeats.csv            the noise floor
+#   results/<dataset>/<model>/importance.csv         hyperparameter importance
+#   results/summary.csv, results/comparison.csv      tables
+#   results/figures/*.png|pdf                        figures
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/study.smk"
+include: "workflow/rules/analysis.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

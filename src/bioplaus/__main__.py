@@ -1,0 +1,5 @@
+import sys
+
+from bioplaus.cli import main
+
+sys.exit(main())

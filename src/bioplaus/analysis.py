@@ -1,0 +1,564 @@
+"""Tables and statistics over the optimisation trials.
+
+Input rows have the columns of ``results/<dataset>/<model>/<sampler>/trials.csv``
+(one row per optuna trial; see :data:`BASE_COLUMNS`) and, for the noise floor,
+of ``results/<dataset>/<model>/repeats.csv``. Accuracies are fractions in [0, 1]
+(mean 3-fold cross-validated test accuracy); times are seconds.
+
+Definitions (the README quotes them; every function here uses these constants):
+
+* **chance** = 1 / n_classes (the ``chance`` column; ``1 / n_classes`` when absent).
+* **at chance**: accuracy < chance + :data:`AT_CHANCE_MARGIN` (0.02).
+* **learns**: accuracy >= chance + :data:`LEARNS_MARGIN` (0.10).
+* **near best**: accuracy >= best - :data:`NEAR_BEST_MARGIN` (0.05), where best is the
+  best accuracy found by any sampler for that (dataset, model) within one source
+  (ours and the 2019 study each have their own best: their protocols differ).
+* **valid** trial: state ``COMPLETE``, not ``invalid``, with a finite accuracy.
+  Invalid trials are counted (``n_invalid``) but excluded from every accuracy
+  distribution; diverged and timed-out trials are valid and enter the
+  distributions with their measured accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+#: accuracy < chance + AT_CHANCE_MARGIN counts as "at chance".
+AT_CHANCE_MARGIN = 0.02
+#: accuracy >= chance + LEARNS_MARGIN counts as "learns".
+LEARNS_MARGIN = 0.10
+#: accuracy >= best - NEAR_BEST_MARGIN counts as "near best".
+NEAR_BEST_MARGIN = 0.05
+#: fewest valid random-sampler trials :func:`importance` accepts per (dataset, model).
+MIN_IMPORTANCE_TRIALS = 10
+
+SAMPLERS = ("gp", "tpe", "random")
+GROUP_COLUMNS = ["dataset", "model", "sampler", "source"]
+#: Fixed columns of trials.csv (plus accuracy_fold_*, fit_seconds_fold_*, param_*).
+BASE_COLUMNS = [
+    "dataset", "model", "sampler", "source", "number", "state", "value", "accuracy",
+    "fit_seconds", "duration_seconds", "diverged", "timed_out", "invalid", "message",
+    "seed", "n_classes", "chance",
+]
+REPEAT_COLUMNS = [
+    "dataset", "model", "source", "repeat", "seed", "accuracy", "fit_seconds",
+    "diverged", "timed_out", "invalid", "message", "chance",
+]
+FLAG_COLUMNS = ["diverged", "timed_out", "invalid"]
+_PATTERN_PREFIXES = ("accuracy_fold_", "fit_seconds_fold_", "param_")
+_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
+_FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
+
+
+# ----------------------------------------------------------------------------- loading
+def _to_bool(column: pd.Series, *, name: str, missing: bool | None = False) -> pd.Series:
+    """Booleans from bools/0-1 numbers/CSV strings; ``missing`` fills NaN (None keeps NA)."""
+    if column.dtype == bool:
+        return column
+
+    def convert(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return missing if missing is not None else pd.NA
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False if text else (missing if missing is not None else pd.NA)
+        raise ValueError(f"column {name!r}: cannot read {value!r} as a boolean")
+
+    converted = column.map(convert)
+    if converted.isna().any():
+        return converted.astype("boolean")
+    return converted.astype(bool)
+
+
+def _looks_boolean(column: pd.Series) -> bool:
+    if column.dtype == bool or str(column.dtype) == "boolean":
+        return True
+    if column.dtype.kind in "iuf" or column.dropna().empty:
+        return False
+    values = {str(v).strip().lower() for v in column.dropna().unique()}
+    return values <= {"true", "false"}
+
+
+def _tidy(frame: pd.DataFrame, *, default_source: str = "ours") -> pd.DataFrame:
+    """Known columns only, in a fixed order, with fixed dtypes (does not modify ``frame``)."""
+    frame = frame.copy()
+    if "source" not in frame.columns:
+        frame["source"] = default_source
+    if "chance" not in frame.columns and "n_classes" in frame.columns:
+        frame["chance"] = 1.0 / frame["n_classes"].astype(float)
+    for flag in FLAG_COLUMNS:
+        if flag in frame.columns:
+            frame[flag] = _to_bool(frame[flag], name=flag, missing=False)
+        else:
+            frame[flag] = False
+    if "message" in frame.columns:
+        frame["message"] = frame["message"].fillna("").astype(str)
+    for column in ("accuracy", "value", "fit_seconds", "duration_seconds", "chance"):
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
+    for column in frame.columns:
+        if column.startswith("param_") and _looks_boolean(frame[column]):
+            frame[column] = _to_bool(frame[column], name=column, missing=None)
+    base = [c for c in BASE_COLUMNS + ["repeat"] if c in frame.columns]
+    folds = sorted(
+        (c for c in frame.columns if c.startswith(("accuracy_fold_", "fit_seconds_fold_"))),
+        key=lambda c: (c.startswith("fit"), int(c.rsplit("_", 1)[1]) if c[-1].isdigit() else 0),
+    )
+    params = sorted(c for c in frame.columns if c.startswith("param_"))
+    return frame[base + folds + params]
+
+
+def load_trials(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate ``trials.csv`` (or ``repeats.csv``) files into one tidy DataFrame.
+
+    Keeps the known columns (:data:`BASE_COLUMNS`, ``repeat``, ``accuracy_fold_*``,
+    ``fit_seconds_fold_*``, ``param_*``) in a fixed order and drops the rest;
+    ``diverged``/``timed_out``/``invalid`` become bool (CSV strings ``True``/``False``,
+    blanks are False), boolean-looking ``param_*`` columns become bool (nullable
+    when a model lacks that parameter), ``message`` blanks become ``""`` and a
+    missing ``source`` column is filled with ``"ours"``. Raises ``ValueError``
+    naming the file when a file lacks ``dataset``, ``model`` or ``accuracy``;
+    ``FileNotFoundError`` for a missing path.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"trials file {path} does not exist")
+        frame = pd.read_csv(path, keep_default_na=True)
+        missing = [c for c in ("dataset", "model", "accuracy") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        frames.append(frame)
+    if not frames:
+        raise ValueError("load_trials: no paths given")
+    return _tidy(pd.concat(frames, ignore_index=True, sort=False))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
+    """Copy with ``source``/``sampler``/``state``/``chance``/flags filled in."""
+    frame = trials.copy()
+    if "source" not in frame.columns:
+        frame["source"] = "ours"
+    if "sampler" not in frame.columns:
+        frame["sampler"] = ""
+    if "state" not in frame.columns:
+        frame["state"] = "COMPLETE"
+    if "chance" not in frame.columns:
+        if "n_classes" not in frame.columns:
+            raise ValueError("trials need a 'chance' or an 'n_classes' column")
+        frame["chance"] = 1.0 / frame["n_classes"].astype(float)
+    for flag in FLAG_COLUMNS:
+        frame[flag] = _to_bool(frame[flag], name=flag) if flag in frame.columns else False
+    frame["accuracy"] = pd.to_numeric(frame["accuracy"], errors="coerce").astype(np.float64)
+    frame["chance"] = frame["chance"].astype(np.float64)
+    return frame
+
+
+def valid_mask(trials: pd.DataFrame) -> pd.Series:
+    """True for valid trials: COMPLETE, not invalid, finite accuracy."""
+    frame = _prepare(trials)
+    return (
+        (frame["state"] == "COMPLETE")
+        & ~frame["invalid"].astype(bool)
+        & np.isfinite(frame["accuracy"])
+    )
+
+
+def at_chance(accuracy, chance):
+    """Boolean array: accuracy < chance + AT_CHANCE_MARGIN."""
+    return np.asarray(accuracy, dtype=float) < np.asarray(chance, dtype=float) + AT_CHANCE_MARGIN
+
+
+def learns(accuracy, chance):
+    """Boolean array: accuracy >= chance + LEARNS_MARGIN."""
+    return np.asarray(accuracy, dtype=float) >= np.asarray(chance, dtype=float) + LEARNS_MARGIN
+
+
+def _noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, model): noise_sd, noise_sd_default, noise_sd_best from repeats rows.
+
+    For each refitted setting (``source``: ``default``, ``best_gp``, ...) the
+    seed-to-seed standard deviation (ddof=1) of the valid accuracies;
+    ``noise_sd`` = median over settings, ``noise_sd_default`` = the ``default``
+    setting's, ``noise_sd_best`` = median over the ``best_*`` settings.
+    """
+    frame = _prepare(repeats)
+    frame = frame[valid_mask(frame)]
+    rows = []
+    for (dataset, model), group in frame.groupby(["dataset", "model"], sort=True):
+        sds = {
+            source: float(np.std(g["accuracy"].to_numpy(), ddof=1)) if len(g) > 1 else np.nan
+            for source, g in group.groupby("source")
+        }
+        best = [v for k, v in sds.items() if str(k).startswith("best")]
+        finite = [v for v in sds.values() if np.isfinite(v)]
+        rows.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "noise_sd": float(np.median(finite)) if finite else np.nan,
+                "noise_sd_default": sds.get("default", np.nan),
+                "noise_sd_best": float(np.nanmedian(best)) if np.isfinite(best).any() else np.nan,
+                "n_repeats": int(group.groupby("source").size().max()),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["dataset", "model", "noise_sd", "noise_sd_default", "noise_sd_best", "n_repeats"]
+    )
+
+
+# ----------------------------------------------------------------------------- summarize
+def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (dataset, model, sampler, source) of accuracy-distribution statistics.
+
+    ``source`` is ``ours`` for pipeline rows, ``2019`` for reference rows
+    (:func:`bioplaus.reference.load_reference_logs`). Columns:
+
+    * ``n``: valid trials (COMPLETE, not invalid, finite accuracy); ``n_invalid``:
+      COMPLETE trials flagged invalid; ``n_diverged``/``n_timed_out``: valid trials
+      so flagged; ``n_failed``: trials in state FAIL plus COMPLETE, not-invalid
+      trials without an accuracy.
+    * ``min``, ``q25``, ``median``, ``q75``, ``max``, ``mean``, ``std`` (ddof=1) of the
+      valid accuracies (quantiles by linear interpolation, as ``numpy.quantile``).
+    * ``frac_at_chance``, ``frac_learns``, ``frac_near_best``: fractions of the
+      valid trials (module definitions; best per (dataset, model, source) over samplers).
+    * ``best`` and ``best_number`` (trial number of the best accuracy, first one on ties).
+    * ``median_fit_seconds`` (sum over folds) and ``median_duration_seconds``
+      (trial wall time), over valid trials, NaN where not recorded.
+    * with ``repeats``: ``noise_sd``, ``noise_sd_default``, ``noise_sd_best``
+      (see :func:`_noise_table`), attached to ``ours`` rows only (NaN for 2019 rows).
+    """
+    frame = _prepare(trials)
+    valid = valid_mask(frame)
+    frame["_valid"] = valid
+    best_overall = (
+        frame[valid].groupby(["dataset", "model", "source"])["accuracy"].max().rename("_best_any")
+    )
+    rows = []
+    for key, group in frame.groupby(GROUP_COLUMNS, sort=True, dropna=False):
+        complete = group["state"] == "COMPLETE"
+        good = group[group["_valid"]]
+        acc = good["accuracy"].to_numpy(dtype=np.float64)
+        chance = good["chance"].to_numpy(dtype=np.float64)
+        row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key))
+        row["n"] = int(len(good))
+        row["n_invalid"] = int((complete & group["invalid"]).sum())
+        row["n_diverged"] = int(good["diverged"].sum())
+        row["n_timed_out"] = int(good["timed_out"].sum())
+        row["n_failed"] = int(
+            (group["state"] == "FAIL").sum()
+            + (complete & ~group["invalid"] & ~np.isfinite(group["accuracy"])).sum()
+        )
+        if len(acc):
+            q = np.quantile(acc, [0.0, 0.25, 0.5, 0.75, 1.0])
+            best_any = best_overall.loc[(key[0], key[1], key[3])]
+            best_index = int(np.argmax(acc))
+            row.update(
+                min=q[0], q25=q[1], median=q[2], q75=q[3], max=q[4],
+                mean=float(acc.mean()),
+                std=float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
+                frac_at_chance=float(at_chance(acc, chance).mean()),
+                frac_learns=float(learns(acc, chance).mean()),
+                frac_near_best=float((acc >= best_any - NEAR_BEST_MARGIN).mean()),
+                best=float(acc[best_index]),
+                best_number=(
+                    int(good["number"].iloc[best_index]) if "number" in good.columns else best_index
+                ),
+            )
+        else:
+            row.update({k: np.nan for k in (
+                "min", "q25", "median", "q75", "max", "mean", "std", "frac_at_chance",
+                "frac_learns", "frac_near_best", "best", "best_number")})
+        for column, out in (("fit_seconds", "median_fit_seconds"),
+                            ("duration_seconds", "median_duration_seconds")):
+            seconds = good[column].to_numpy(dtype=np.float64) if column in good else np.array([])
+            seconds = seconds[np.isfinite(seconds)]
+            row[out] = float(np.median(seconds)) if len(seconds) else np.nan
+        rows.append(row)
+    columns = GROUP_COLUMNS + [
+        "n", "n_invalid", "n_diverged", "n_timed_out", "n_failed", "min", "q25", "median",
+        "q75", "max", "mean", "std", "frac_at_chance", "frac_learns", "frac_near_best",
+        "best", "best_number", "median_fit_seconds", "median_duration_seconds",
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    table["best_number"] = table["best_number"].astype("Int64")
+    if repeats is not None:
+        noise = _noise_table(repeats).drop(columns="n_repeats")
+        table = table.merge(noise, on=["dataset", "model"], how="left")
+        not_ours = table["source"] != "ours"
+        table.loc[not_ours, ["noise_sd", "noise_sd_default", "noise_sd_best"]] = np.nan
+    return table
+
+
+# ----------------------------------------------------------------------------- curves
+def learns_curve(trials: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
+    """Fraction of valid configurations with accuracy >= a, for each a in ``grid``.
+
+    Long format, one row per (dataset, model, sampler, source, threshold):
+    columns ``threshold`` (accuracy, fraction), ``fraction`` (in [0, 1]) and ``n``
+    (valid trials of that group). Thresholds are absolute accuracies.
+    """
+    grid = np.asarray(grid, dtype=np.float64).ravel()
+    frame = _prepare(trials)
+    frame = frame[valid_mask(frame)]
+    rows = []
+    for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
+        acc = np.sort(group["accuracy"].to_numpy(dtype=np.float64))
+        # count of acc >= a = n - (number of acc < a)
+        fraction = 1.0 - np.searchsorted(acc, grid, side="left") / len(acc)
+        for threshold, value in zip(grid, fraction):
+            rows.append({**dict(zip(GROUP_COLUMNS, key)), "threshold": float(threshold),
+                         "fraction": float(value), "n": len(acc)})
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS + ["threshold", "fraction", "n"])
+
+
+# ----------------------------------------------------------------------------- importance
+def _param_value(value: Any, distribution: BaseDistribution, name: str):
+    """A CSV cell converted to a point of ``distribution`` (ValueError when outside it)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError(f"parameter {name!r} has a missing value")
+    if isinstance(distribution, CategoricalDistribution):
+        for choice in distribution.choices:
+            if value == choice or str(value).strip().lower() == str(choice).strip().lower():
+                return choice
+        raise ValueError(f"parameter {name!r}: {value!r} is not one of {distribution.choices}")
+    if isinstance(distribution, IntDistribution):
+        number = int(round(float(value)))
+    elif isinstance(distribution, FloatDistribution):
+        number = float(value)
+    else:
+        raise ValueError(f"parameter {name!r}: unsupported distribution {distribution!r}")
+    if not distribution._contains(distribution.to_internal_repr(number)):
+        raise ValueError(
+            f"parameter {name!r}: {number!r} lies outside [{distribution.low}, {distribution.high}]"
+        )
+    return number
+
+
+def _space_for(space, model: str) -> Mapping[str, BaseDistribution]:
+    if all(isinstance(v, BaseDistribution) for v in space.values()):
+        return space
+    if model not in space:
+        raise ValueError(f"no search space given for model {model!r}")
+    return space[model]
+
+
+def importance(
+    trials_random: pd.DataFrame,
+    space: Mapping[str, BaseDistribution] | Mapping[str, Mapping[str, BaseDistribution]],
+    *,
+    seed: int = 0,
+    min_trials: int = MIN_IMPORTANCE_TRIALS,
+) -> pd.DataFrame:
+    """Hyperparameter importance of each (dataset, model) from its random-sampler trials.
+
+    Only trials of the ``random`` sampler are accepted: they are a uniform
+    sample of the search space, whereas GP/TPE trials cluster where the
+    optimiser found high accuracy, which biases any importance estimate.
+    Rows of any other sampler raise ``ValueError``; so does a (dataset, model)
+    with fewer than ``min_trials`` valid trials. Invalid/failed trials are
+    excluded; accuracy is the objective (maximised).
+
+    ``space``: the model's search space (``{name: optuna distribution}``, as
+    ``get_model(model).search_space(options)``) or ``{model: space}`` for
+    frames holding several models. Each trial's ``param_<name>`` is converted to
+    a point of its distribution (CSV strings ``"True"`` match choice ``True``).
+
+    Returns columns ``dataset, model, param, evaluator, importance, n_trials``:
+    ``evaluator`` is ``fanova`` (``optuna.importance.FanovaImportanceEvaluator(seed=seed)``)
+    or ``ped_anova`` (``PedAnovaImportanceEvaluator()``: importance of reaching
+    the top 10% of accuracies); importances are normalised to sum to 1 per
+    evaluator (all 0 when accuracy does not vary). Sorted by evaluator, then
+    importance descending.
+    """
+    import optuna
+    from optuna.importance import (
+        FanovaImportanceEvaluator,
+        PedAnovaImportanceEvaluator,
+        get_param_importances,
+    )
+
+    columns = ["dataset", "model", "param", "evaluator", "importance", "n_trials"]
+    if len(trials_random) == 0:
+        raise ValueError("importance: no trials given")
+    frame = _prepare(trials_random)
+    samplers = sorted(set(frame["sampler"].astype(str)) - {"random"})
+    if samplers:
+        raise ValueError(
+            "importance needs the uniformly random sample of the search space "
+            f"(sampler 'random'); got trials of sampler(s) {samplers}: "
+            "optimiser-guided trials are concentrated where accuracy is high and bias importances"
+        )
+    frame = frame[valid_mask(frame)]
+    rows = []
+    for (dataset, model), group in frame.groupby(["dataset", "model"], sort=True):
+        model_space = dict(_space_for(space, model))
+        if len(group) < min_trials:
+            raise ValueError(
+                f"importance for {model} on {dataset}: {len(group)} valid random trials, "
+                f"need at least {min_trials}"
+            )
+        missing = [n for n in model_space if f"param_{n}" not in group.columns]
+        if missing:
+            raise ValueError(f"trials of {model} on {dataset} lack column(s) "
+                             + ", ".join(f"param_{n}" for n in missing))
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            study = optuna.create_study(direction="maximize")
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        built = []
+        for _, row in group.iterrows():
+            params = {
+                name: _param_value(row[f"param_{name}"], dist, name)
+                for name, dist in model_space.items()
+            }
+            built.append(optuna.trial.create_trial(
+                params=params, distributions=model_space, value=float(row["accuracy"])
+            ))
+        study.add_trials(built)
+        # parameters that cannot vary (single-valued distributions) carry no information
+        names = [n for n, d in model_space.items() if not d.single()]
+        evaluators = {
+            "fanova": FanovaImportanceEvaluator(seed=seed),
+            "ped_anova": PedAnovaImportanceEvaluator(),
+        }
+        constant = np.ptp(group["accuracy"].to_numpy(dtype=np.float64)) == 0
+        for label, evaluator in evaluators.items():
+            if constant:
+                scores = {n: 0.0 for n in names}
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    scores = get_param_importances(
+                        study, evaluator=evaluator, params=names, normalize=True
+                    )
+            for name in names:
+                rows.append({"dataset": dataset, "model": model, "param": name,
+                             "evaluator": label, "importance": float(scores.get(name, 0.0)),
+                             "n_trials": len(group)})
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(
+        ["dataset", "model", "evaluator", "importance"], ascending=[True, True, True, False],
+        ignore_index=True,
+    )
+
+
+# ----------------------------------------------------------------------------- compare
+def _bootstrap(values: np.ndarray, chance: np.ndarray, n_boot: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap replicates (n_boot,) of the median and of the learns fraction."""
+    if len(values) == 0:
+        return np.full(n_boot, np.nan), np.full(n_boot, np.nan)
+    index = rng.integers(0, len(values), size=(n_boot, len(values)))
+    medians = np.median(values[index], axis=1)
+    fractions = learns(values[index], chance[index]).mean(axis=1)
+    return medians, fractions
+
+
+def _ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    if not np.isfinite(replicates).any():
+        return np.nan, np.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.nanpercentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compare(
+    trials: pd.DataFrame,
+    *,
+    reference_model: str = "segdend",
+    sampler: str | None = "random",
+    source: str = "ours",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per dataset, the ``reference_model``'s accuracy distribution against each other model's.
+
+    Uses the valid trials of ``sampler`` (default ``random``: a uniform sample of
+    each search space; ``None`` pools all samplers) and ``source``. For every
+    dataset holding the reference model and another model, one row with:
+
+    * ``n_reference``, ``n_other``; ``median_reference``, ``median_other``,
+      ``median_diff`` (= reference - other) and ``learns_reference``,
+      ``learns_other``, ``learns_diff`` (fractions that learn, see module
+      definitions), each with a percentile bootstrap 95% CI (``*_lo``, ``*_hi``;
+      ``n_boot`` resamples of each group, drawn independently; the difference's
+      replicates pair the two groups' replicates).
+    * ``U`` = Mann-Whitney U statistic of the reference sample
+      (``scipy.stats.mannwhitneyu(reference, other, alternative="two-sided")``), ``p``
+      its two-sided p-value, and ``rank_biserial`` = 2 U / (n_reference n_other) - 1
+      = P(reference > other) - P(reference < other), in [-1, 1] (negative: the
+      reference model tends to reach lower accuracy).
+    """
+    from scipy.stats import mannwhitneyu
+
+    frame = _prepare(trials)
+    frame = frame[valid_mask(frame) & (frame["source"] == source)]
+    if sampler is not None:
+        frame = frame[frame["sampler"] == sampler]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for dataset, group in frame.groupby("dataset", sort=True):
+        ref = group[group["model"] == reference_model]
+        if ref.empty:
+            continue
+        ref_acc = ref["accuracy"].to_numpy(dtype=np.float64)
+        ref_chance = ref["chance"].to_numpy(dtype=np.float64)
+        ref_med, ref_learn = _bootstrap(ref_acc, ref_chance, n_boot, rng)
+        for model, other in group[group["model"] != reference_model].groupby("model", sort=True):
+            acc = other["accuracy"].to_numpy(dtype=np.float64)
+            chance = other["chance"].to_numpy(dtype=np.float64)
+            med, learn = _bootstrap(acc, chance, n_boot, rng)
+            result = mannwhitneyu(ref_acc, acc, alternative="two-sided")
+            u = float(result.statistic)
+            row = {
+                "dataset": dataset, "reference_model": reference_model, "model": model,
+                "sampler": sampler if sampler is not None else "all",
+                "n_reference": len(ref_acc), "n_other": len(acc),
+            }
+            estimates = {
+                "median_reference": (float(np.median(ref_acc)), ref_med),
+                "median_other": (float(np.median(acc)), med),
+                "median_diff": (float(np.median(ref_acc) - np.median(acc)), ref_med - med),
+                "learns_reference": (float(learns(ref_acc, ref_chance).mean()), ref_learn),
+                "learns_other": (float(learns(acc, chance).mean()), learn),
+                "learns_diff": (
+                    float(learns(ref_acc, ref_chance).mean() - learns(acc, chance).mean()),
+                    ref_learn - learn,
+                ),
+            }
+            for name, (estimate, replicates) in estimates.items():
+                low, high = _ci(replicates)
+                row[name], row[f"{name}_lo"], row[f"{name}_hi"] = estimate, low, high
+            row["U"] = u
+            row["p"] = float(result.pvalue)
+            row["rank_biserial"] = 2.0 * u / (len(ref_acc) * len(acc)) - 1.0
+            rows.append(row)
+    stats = ["median_reference", "median_other", "median_diff",
+             "learns_reference", "learns_other", "learns_diff"]
+    columns = ["dataset", "reference_model", "model", "sampler", "n_reference", "n_other"]
+    for name in stats:
+        columns += [name, f"{name}_lo", f"{name}_hi"]
+    columns += ["U", "p", "rank_biserial"]
+    return pd.DataFrame(rows, columns=columns)

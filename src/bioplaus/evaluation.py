@@ -1,0 +1,325 @@
+"""Cross-validated evaluation of one hyperparameter configuration.
+
+One configuration → stratified k-fold cross-validation. Each fold builds a
+fresh estimator from the model registry, trains it for ``epochs`` passes by
+repeated ``partial_fit`` calls on shuffled chunks of the training rows (so the
+time limit and divergence are checked between chunks), and measures the test
+accuracy of the held-out fold. Folds run in parallel with joblib; a dataset
+stored as a ``numpy.memmap`` is shared with the fold workers by reference
+(joblib passes memory maps by file name), never copied whole.
+
+Outcomes that are results, not crashes:
+
+* *invalid*: the estimator raised :class:`~bioplaus.errors.InvalidConfigurationError`
+  (a hyperparameter combination that cannot be run); no accuracy.
+* *diverged*: the fit produced NaN/inf (``diverged_`` set by the estimator,
+  a non-finite ``loss_``, or a numerical error); the accuracy of the stopped
+  model is still measured (usually chance).
+* *timed out*: a fold's training exceeded ``time_limit`` seconds (checked
+  between chunks); training stops and the partly trained model is tested.
+* *error*: anything else raised inside a fold; recorded with its message.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+from joblib import Parallel, delayed
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from bioplaus.errors import InvalidConfigurationError
+from bioplaus.models.registry import get_model
+from bioplaus.seeding import INIT, SPLIT, derive_seed
+
+#: rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
+DEFAULT_CHUNK_ROWS = 4096
+#: rows per ``predict`` call when testing (bounds the memory of a test pass)
+PREDICT_CHUNK_ROWS = 8192
+
+
+@dataclass
+class FoldResult:
+    """Outcome of one fold: accuracy in [0, 1] (NaN if invalid/error), seconds of training."""
+
+    fold: int
+    accuracy: float = math.nan
+    fit_seconds: float = 0.0
+    epochs_completed: float = 0.0
+    diverged: bool = False
+    timed_out: bool = False
+    invalid: bool = False
+    error: bool = False
+    message: str = ""
+
+
+@dataclass
+class EvaluationResult:
+    """Outcome of one configuration over all folds."""
+
+    folds: list[FoldResult] = field(default_factory=list)
+    n_classes: int = 10
+
+    @property
+    def chance(self) -> float:
+        return 1.0 / self.n_classes
+
+    @property
+    def invalid(self) -> bool:
+        return any(f.invalid for f in self.folds)
+
+    @property
+    def error(self) -> bool:
+        return any(f.error for f in self.folds) and not self.invalid
+
+    @property
+    def diverged(self) -> bool:
+        return any(f.diverged for f in self.folds)
+
+    @property
+    def timed_out(self) -> bool:
+        return any(f.timed_out for f in self.folds)
+
+    @property
+    def accuracy(self) -> float:
+        """Mean test accuracy over folds; NaN when invalid or a fold errored."""
+        if self.invalid or self.error:
+            return math.nan
+        return float(np.mean([f.accuracy for f in self.folds]))
+
+    @property
+    def fit_seconds(self) -> float:
+        return float(sum(f.fit_seconds for f in self.folds))
+
+    @property
+    def message(self) -> str:
+        msgs = []
+        for f in self.folds:
+            if f.message and f.message not in msgs:
+                msgs.append(f.message)
+        return " | ".join(msgs)
+
+    def objective(self, penalty: float | None = None) -> float:
+        """The value an optimiser sees: mean accuracy, or ``penalty`` (default:
+        chance accuracy) for an invalid configuration."""
+        if self.invalid:
+            return self.chance if penalty is None else float(penalty)
+        return self.accuracy
+
+    def as_record(self) -> dict[str, Any]:
+        """Flat, JSON-serialisable summary (stored as optuna user attributes)."""
+        rec: dict[str, Any] = {
+            "accuracy": None if math.isnan(self.accuracy) else self.accuracy,
+            "fold_accuracies": [None if math.isnan(f.accuracy) else f.accuracy for f in self.folds],
+            "fold_fit_seconds": [f.fit_seconds for f in self.folds],
+            "fold_epochs": [f.epochs_completed for f in self.folds],
+            "fit_seconds": self.fit_seconds,
+            "diverged": self.diverged,
+            "timed_out": self.timed_out,
+            "invalid": self.invalid,
+            "error": self.error,
+            "message": self.message,
+            "n_classes": self.n_classes,
+            "chance": self.chance,
+        }
+        return rec
+
+
+def fold_splits(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold ``(train_idx, test_idx)`` pairs, shuffled by ``seed``."""
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [(tr.astype(np.int64), te.astype(np.int64)) for tr, te in skf.split(np.zeros(len(y)), y)]
+
+
+def _is_diverged(est) -> bool:
+    if getattr(est, "diverged_", False):
+        return True
+    loss = getattr(est, "loss_", None)
+    if loss is not None:
+        try:
+            return not math.isfinite(float(loss))
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def _looks_numerical(exc: BaseException) -> bool:
+    if isinstance(exc, (FloatingPointError, OverflowError)):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in ("nan", "non-finite", "infinity", "inf ", "overflow"))
+
+
+def _chunk_rows(est, chunk_rows: int) -> int:
+    try:
+        batch = int(est.get_params().get("batch_size") or 1)
+    except (TypeError, ValueError):
+        batch = 1
+    batch = max(1, batch)
+    return max(batch, int(math.ceil(chunk_rows / batch)) * batch)
+
+
+def _accuracy(est, X, y, idx) -> float:
+    correct = 0
+    for start in range(0, len(idx), PREDICT_CHUNK_ROWS):
+        part = idx[start : start + PREDICT_CHUNK_ROWS]
+        pred = est.predict(X[part])
+        correct += int(np.sum(pred == y[part]))
+    return correct / max(1, len(idx))
+
+
+def run_fold(
+    model: str,
+    params: Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    *,
+    fold: int,
+    input_shape: tuple[int, int, int],
+    classes: np.ndarray,
+    epochs: int,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+    time_limit: float | None = None,
+    blas_threads: int = 1,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> FoldResult:
+    """Train one fresh estimator on ``X[train_idx]`` and test it on ``X[test_idx]``.
+
+    ``X`` is flat ``(n, c*h*w)`` float32 (possibly a memory map); only the rows
+    of one chunk are copied at a time. Never raises for a model's failure: the
+    outcome is in the returned :class:`FoldResult`.
+    """
+    res = FoldResult(fold=fold)
+    spec = get_model(model)
+    with threadpool_limits(limits=max(1, int(blas_threads))):
+        try:
+            est = spec.build(
+                dict(params),
+                input_shape=tuple(input_shape),
+                n_classes=len(classes),
+                epochs=int(epochs),
+                random_state=int(seed),
+                options=dict(options or {}),
+            )
+            rng = np.random.default_rng(seed)
+            chunk = _chunk_rows(est, chunk_rows)
+            n_train = len(train_idx)
+            t0 = time.perf_counter()
+            stop = False
+            with np.errstate(all="ignore"):
+                for epoch in range(int(epochs)):
+                    order = train_idx[rng.permutation(n_train)]
+                    for start in range(0, n_train, chunk):
+                        part = order[start : start + chunk]
+                        est.partial_fit(X[part], y[part], classes=classes)
+                        res.epochs_completed = epoch + min(n_train, start + chunk) / n_train
+                        if _is_diverged(est):
+                            res.diverged, stop = True, True
+                            res.message = f"diverged (non-finite values) in epoch {epoch + 1}"
+                            break
+                        elapsed = time.perf_counter() - t0
+                        if time_limit is not None and elapsed > time_limit:
+                            res.timed_out, stop = True, True
+                            res.message = (
+                                f"time limit of {time_limit:g} s reached after "
+                                f"{res.epochs_completed:.2f} of {epochs} epochs"
+                            )
+                            break
+                    if stop:
+                        break
+                res.fit_seconds = time.perf_counter() - t0
+                res.accuracy = _accuracy(est, X, y, test_idx)
+        except InvalidConfigurationError as exc:
+            res.invalid, res.message = True, f"invalid configuration: {exc}"
+        except MemoryError:
+            res.error, res.message = True, "out of memory while fitting this configuration"
+        except Exception as exc:  # a model's failure is recorded, the study goes on
+            if _looks_numerical(exc):
+                res.diverged = True
+                res.message = f"diverged: {type(exc).__name__}: {exc}"
+                res.accuracy = 1.0 / len(classes)
+            else:
+                res.error = True
+                tb = traceback.extract_tb(exc.__traceback__)
+                where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+                res.message = f"error: {type(exc).__name__}: {exc}{where}"
+    return res
+
+
+def evaluate(
+    model: str,
+    params: Mapping[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    input_shape: tuple[int, int, int],
+    n_folds: int = 3,
+    epochs: int = 10,
+    split_seed: int = 0,
+    init_seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    time_limit: float | None = None,
+    n_jobs: int = 1,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> EvaluationResult:
+    """Stratified ``n_folds``-fold cross-validation of one configuration.
+
+    Parameters
+    ----------
+    X: flat images ``(n, c*h*w)`` float32 in [0, 1] (a ``numpy.memmap`` is shared
+        with the workers by reference); y: int labels ``(n,)``.
+    split_seed: seed of the fold split; init_seed: seed from which each fold's
+        model initialisation and shuffling seed is derived.
+    time_limit: seconds of training allowed per fold (None: unlimited).
+    n_jobs: folds run in parallel on at most this many processes; BLAS threads
+        inside each are limited so that the total stays within ``n_jobs``.
+    """
+    classes = np.unique(y)
+    splits = fold_splits(y, n_folds, split_seed)
+    n_par = max(1, min(int(n_jobs), n_folds))
+    blas = max(1, int(n_jobs) // n_par)
+    calls = [
+        delayed(run_fold)(
+            model, params, X, y, tr, te,
+            fold=k, input_shape=input_shape, classes=classes, epochs=epochs,
+            seed=derive_seed(init_seed, INIT, k), options=options,
+            time_limit=time_limit, blas_threads=blas, chunk_rows=chunk_rows,
+        )
+        for k, (tr, te) in enumerate(splits)
+    ]
+    if n_par == 1:
+        folds = [c[0](*c[1], **c[2]) for c in calls]
+    else:
+        folds = Parallel(n_jobs=n_par, backend="loky", max_nbytes="1M", mmap_mode="r")(calls)
+    return EvaluationResult(folds=list(folds), n_classes=len(classes))
+
+
+def split_seed_for(study_seed: int) -> int:
+    """The fold split shared by every trial of a study (configurations are compared on the same folds)."""
+    return derive_seed(study_seed, SPLIT)
+
+
+def result_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse helper for tables: the stored record with NaN for missing accuracies."""
+    out = dict(rec)
+    out["accuracy"] = math.nan if rec.get("accuracy") is None else rec["accuracy"]
+    return out
+
+
+__all__ = [
+    "EvaluationResult",
+    "FoldResult",
+    "evaluate",
+    "fold_splits",
+    "run_fold",
+    "split_seed_for",
+    "asdict",
+]

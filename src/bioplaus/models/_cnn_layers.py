@@ -1,0 +1,234 @@
+"""Layers of the NumPy CNN: forward and backward passes as plain functions.
+
+Every feature map is stored channels-last, ``(n, height, width, channels)``
+("NHWC"), so that a convolution is one im2col copy through a strided view plus
+one matrix product whose result *is* the next NHWC map (no transposes). The
+functions work in the dtype of their inputs: float32 in training, float64 in
+the gradient-check tests.
+
+Shapes used below: ``n`` images, ``h x w`` spatial size, ``c`` input
+channels, ``f`` output channels (filters), ``k`` kernel size, ``s`` stride,
+``p`` zero padding (same on all four sides).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one axis: ``(size + 2p - k) // s + 1``.
+
+    Can be zero or negative, which means the kernel does not fit.
+    """
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_output_size(size: int) -> int:
+    """Output length of 2x2 / stride-2 max pooling along one axis (floor: an odd
+    last row or column is dropped, as PyTorch's ``ceil_mode=False``)."""
+    return size // 2
+
+
+# ---------------------------------------------------------------------------
+# convolution (no bias: the batch norm that follows has its own shift)
+# ---------------------------------------------------------------------------
+
+
+def conv_forward(x, weight, stride, padding):
+    """2-D convolution (cross-correlation) of NHWC maps.
+
+    x: ``(n, h, w, c)``; weight: ``(k, k, c, f)``; returns ``(out, cache)``
+    with out ``(n, ho, wo, f)``, ``ho = (h + 2p - k) // s + 1``.
+    The im2col matrix ``(n*ho*wo, k*k*c)`` is kept in the cache for the
+    backward pass.
+    """
+    n, h, w, c = x.shape
+    k, _, _, f = weight.shape
+    ho = conv_output_size(h, k, stride, padding)
+    wo = conv_output_size(w, k, stride, padding)
+    if padding:
+        xp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
+        xp[:, padding : padding + h, padding : padding + w, :] = x
+    else:
+        xp = x
+    # (n, hp-k+1, wp-k+1, c, k, k) view -> stride -> (n, ho, wo, k, k, c)
+    windows = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    windows = windows[:, :ho, :wo].transpose(0, 1, 2, 4, 5, 3)
+    cols = np.empty((n, ho, wo, k, k, c), dtype=x.dtype)
+    np.copyto(cols, windows)
+    cols = cols.reshape(n * ho * wo, k * k * c)
+    out = cols @ weight.reshape(k * k * c, f)
+    return out.reshape(n, ho, wo, f), (cols, x.shape, weight, stride, padding)
+
+
+def conv_backward(dout, cache, need_dx=True):
+    """Gradients of :func:`conv_forward`.
+
+    dout: ``(n, ho, wo, f)``. Returns ``(dx, dweight)``; dx is ``None`` when
+    ``need_dx`` is false (the first layer needs no input gradient).
+    """
+    cols, x_shape, weight, stride, padding = cache
+    n, h, w, c = x_shape
+    k = weight.shape[0]
+    f = weight.shape[3]
+    _, ho, wo, _ = dout.shape
+    dout2 = dout.reshape(-1, f)
+    dweight = (cols.T @ dout2).reshape(weight.shape)
+    if not need_dx:
+        return None, dweight
+    dxp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dout.dtype)
+    span_h = stride * (ho - 1) + 1
+    span_w = stride * (wo - 1) + 1
+    # col2im as one (n*ho*wo, f) @ (f, c) product per kernel offset, each added
+    # to the strided window of the padded input it came from
+    weight_t = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))  # (k, k, f, c)
+    part = np.empty((n, ho, wo, c), dtype=dout.dtype)
+    part2 = part.reshape(-1, c)
+    for i in range(k):
+        for j in range(k):
+            np.matmul(dout2, weight_t[i, j], out=part2)
+            dxp[:, i : i + span_h : stride, j : j + span_w : stride, :] += part
+    dx = dxp[:, padding : padding + h, padding : padding + w, :]
+    return dx, dweight
+
+
+# ---------------------------------------------------------------------------
+# batch normalisation over (n, h, w) per channel
+# ---------------------------------------------------------------------------
+
+
+def batchnorm_forward_train(x, gamma, beta, eps):
+    """Batch norm with the statistics of this batch.
+
+    x: ``(m, f)`` (a NHWC map flattened over n, h, w); gamma, beta: ``(f,)``.
+    Returns ``(y, mean, var, cache)``; var is the biased batch variance.
+    """
+    mean = x.mean(axis=0)
+    centred = x - mean
+    var = np.einsum("ij,ij->j", centred, centred) / x.shape[0]
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = centred
+    xhat *= inv_std  # in place: centred is not needed any more
+    y = xhat * gamma
+    y += beta
+    return y, mean, var, (xhat, inv_std, gamma)
+
+
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
+    """Batch norm with running statistics (prediction). x: ``(m, f)``."""
+    scale = gamma / np.sqrt(running_var + eps)
+    shift = beta - running_mean * scale
+    y = x * scale.astype(x.dtype, copy=False)
+    y += shift.astype(x.dtype, copy=False)
+    return y
+
+
+def batchnorm_backward(dy, cache):
+    """Gradients of :func:`batchnorm_forward_train`: ``(dx, dgamma, dbeta)``."""
+    xhat, inv_std, gamma = cache
+    m = dy.shape[0]
+    dbeta = dy.sum(axis=0)
+    dgamma = np.einsum("ij,ij->j", dy, xhat)
+    # dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))
+    dx = xhat * (dgamma / m)
+    np.subtract(dy, dx, out=dx)
+    dx -= dbeta / m
+    dx *= gamma * inv_std
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------
+# ReLU + 2x2 max pool (fused: relu(max(...)) == max(relu(...)))
+# ---------------------------------------------------------------------------
+
+
+def _quarters(x, hp, wp):
+    """The four strided views (top-left, top-right, bottom-left, bottom-right)
+    of the 2x2 pooling windows of ``x`` (n, h, w, f), each ``(n, hp, wp, f)``."""
+    return (
+        x[:, 0 : 2 * hp : 2, 0 : 2 * wp : 2],
+        x[:, 0 : 2 * hp : 2, 1 : 2 * wp : 2],
+        x[:, 1 : 2 * hp : 2, 0 : 2 * wp : 2],
+        x[:, 1 : 2 * hp : 2, 1 : 2 * wp : 2],
+    )
+
+
+def relu_pool_forward(x):
+    """ReLU then 2x2 max pooling with stride 2 (floor) of NHWC maps.
+
+    x: ``(n, h, w, f)``; returns ``(y, cache)`` with y ``(n, h//2, w//2, f)``.
+    Pooling is applied first and ReLU to the 4x smaller result, which gives
+    the same values and gradients. Each window routes its gradient to one
+    element (the first maximum in the order top-left, top-right, bottom-left,
+    bottom-right).
+    """
+    n, h, w, f = x.shape
+    hp, wp = pool_output_size(h), pool_output_size(w)
+    a, b, c, d = _quarters(x, hp, wp)
+    right_top = b > a
+    top = np.maximum(a, b)
+    right_bottom = d > c
+    bottom = np.maximum(c, d)
+    use_bottom = bottom > top
+    y = np.maximum(top, bottom, out=top)
+    np.maximum(y, 0, out=y)
+    return y, (x.shape, right_top, right_bottom, use_bottom, y > 0)
+
+
+def relu_pool_backward(dy, cache):
+    """Gradient of :func:`relu_pool_forward`: dx ``(n, h, w, f)`` (zero in the
+    rows/columns dropped by the floor)."""
+    x_shape, right_top, right_bottom, use_bottom, positive = cache
+    hp, wp = dy.shape[1], dy.shape[2]
+    g = np.where(positive, dy, 0)
+    zero = np.zeros((), dtype=dy.dtype)
+    g_bottom = np.where(use_bottom, g, zero)
+    g_top = g - g_bottom
+    dx = np.zeros(x_shape, dtype=dy.dtype)
+    a, b, c, d = _quarters(dx, hp, wp)
+    np.copyto(b, g_top, where=right_top)
+    np.copyto(a, g_top, where=~right_top)
+    np.copyto(d, g_bottom, where=right_bottom)
+    np.copyto(c, g_bottom, where=~right_bottom)
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# linear read-out and softmax cross-entropy
+# ---------------------------------------------------------------------------
+
+
+def linear_forward(x, weight, bias):
+    """x ``(n, d)`` @ weight ``(d, classes)`` + bias ``(classes,)``."""
+    out = x @ weight
+    out += bias
+    return out
+
+
+def linear_backward(dout, x, weight):
+    """Gradients of :func:`linear_forward`: ``(dx, dweight, dbias)``."""
+    return dout @ weight.T, x.T @ dout, dout.sum(axis=0)
+
+
+def softmax(logits):
+    """Row-wise softmax of ``(n, classes)`` logits (max-shifted)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def softmax_cross_entropy(logits, y_index):
+    """Mean cross-entropy of ``(n, classes)`` logits against integer targets
+    ``(n,)``; returns ``(loss, dlogits)`` with dlogits ``(n, classes)``."""
+    n = logits.shape[0]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    rows = np.arange(n)
+    loss = float(np.mean(log_norm - shifted[rows, y_index]))
+    dlogits = np.exp(shifted - log_norm[:, None])
+    dlogits[rows, y_index] -= 1.0
+    dlogits /= n
+    return loss, dlogits

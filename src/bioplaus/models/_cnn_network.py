@@ -1,0 +1,159 @@
+"""The CNN's parameters, its forward/backward pass and the Adam optimiser.
+
+Architecture (the reference study's): ``len(channels)`` blocks of
+convolution (no bias) -> batch norm -> ReLU -> 2x2 max pool (floor), then one
+linear layer on the flattened last feature map, softmax cross-entropy.
+Feature maps are channels-last ``(n, h, w, c)``; see :mod:`._cnn_layers`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bioplaus.models import _cnn_layers as L
+
+BN_EPS = 1e-5
+
+
+def feature_map_shapes(input_shape, channels, kernel_sizes, stride, padding):
+    """Per block ``(conv_h, conv_w, pooled_h, pooled_w, channels)``; sizes may
+    be < 1 when the geometry does not fit (the caller checks)."""
+    _, h, w = input_shape
+    shapes = []
+    for f, k in zip(channels, kernel_sizes):
+        ch = L.conv_output_size(h, k, stride, padding)
+        cw = L.conv_output_size(w, k, stride, padding)
+        h, w = L.pool_output_size(max(ch, 0)), L.pool_output_size(max(cw, 0))
+        shapes.append((ch, cw, h, w, f))
+    return shapes
+
+
+class ConvNet:
+    """Parameters and passes of one CNN.
+
+    input_shape: ``(c, h, w)`` of one image; channels, kernel_sizes: one entry
+    per block; stride, padding: shared by all convolutions (pixels);
+    n_classes: outputs of the linear layer; rng: ``numpy.random.Generator``
+    or ``RandomState`` for the initial weights; dtype: float32 (training) or
+    float64 (gradient checks).
+    """
+
+    def __init__(self, input_shape, channels, kernel_sizes, stride, padding, n_classes,
+                 rng, dtype=np.float32, bn_momentum=0.1):
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.stride = int(stride)
+        self.padding = int(padding)
+        self.bn_momentum = float(bn_momentum)
+        self.dtype = np.dtype(dtype)
+        c_in = self.input_shape[0]
+        self.conv_weights, self.bn_gammas, self.bn_betas = [], [], []
+        self.running_means, self.running_vars = [], []
+        shapes = feature_map_shapes(self.input_shape, channels, kernel_sizes, stride, padding)
+        for (_, _, _, _, f), k in zip(shapes, kernel_sizes):
+            fan_in = k * k * c_in
+            # He (Kaiming) normal initialisation for a ReLU network
+            w = rng.standard_normal((k, k, c_in, f)) * np.sqrt(2.0 / fan_in)
+            self.conv_weights.append(w.astype(dtype))
+            self.bn_gammas.append(np.ones(f, dtype=dtype))
+            self.bn_betas.append(np.zeros(f, dtype=dtype))
+            self.running_means.append(np.zeros(f, dtype=dtype))
+            self.running_vars.append(np.ones(f, dtype=dtype))
+            c_in = f
+        _, _, h, w, f = shapes[-1]
+        n_features = h * w * f
+        bound = 1.0 / np.sqrt(n_features)
+        self.linear_weight = rng.uniform(-bound, bound, (n_features, n_classes)).astype(dtype)
+        self.linear_bias = np.zeros(n_classes, dtype=dtype)
+
+    # -- parameters -----------------------------------------------------------
+
+    def parameters(self):
+        """Trainable arrays in a fixed order (the order of :meth:`backward`'s grads)."""
+        params = []
+        for w, g, b in zip(self.conv_weights, self.bn_gammas, self.bn_betas):
+            params += [w, g, b]
+        return params + [self.linear_weight, self.linear_bias]
+
+    def all_finite(self):
+        """True when no parameter or running statistic holds NaN/inf."""
+        arrays = self.parameters() + self.running_means + self.running_vars
+        return all(np.isfinite(a).all() for a in arrays)
+
+    # -- passes -----------------------------------------------------------------
+
+    def forward_train(self, x, update_running=True):
+        """Logits ``(n, classes)`` of NHWC images ``x`` ``(n, h, w, c)`` with
+        batch statistics; returns ``(logits, caches)``. Updates the running
+        mean/variance (momentum ``bn_momentum``, unbiased variance) unless
+        ``update_running`` is false."""
+        caches = []
+        m = self.bn_momentum
+        for i, w in enumerate(self.conv_weights):
+            z, conv_cache = L.conv_forward(x, w, self.stride, self.padding)
+            n, h, wd, f = z.shape
+            zn, mean, var, bn_cache = L.batchnorm_forward_train(
+                z.reshape(-1, f), self.bn_gammas[i], self.bn_betas[i], BN_EPS)
+            if update_running:
+                count = zn.shape[0]
+                unbiased = var * (count / max(count - 1, 1))
+                self.running_means[i] *= 1 - m
+                self.running_means[i] += m * mean
+                self.running_vars[i] *= 1 - m
+                self.running_vars[i] += m * unbiased
+            x, pool_cache = L.relu_pool_forward(zn.reshape(n, h, wd, f))
+            caches.append((conv_cache, bn_cache, pool_cache))
+        flat = x.reshape(x.shape[0], -1)
+        logits = L.linear_forward(flat, self.linear_weight, self.linear_bias)
+        return logits, (caches, flat, x.shape)
+
+    def backward(self, dlogits, cache):
+        """Gradients of the loss w.r.t. :meth:`parameters`, given dlogits ``(n, classes)``."""
+        caches, flat, last_shape = cache
+        dflat, dlin_w, dlin_b = L.linear_backward(dlogits, flat, self.linear_weight)
+        dx = dflat.reshape(last_shape)
+        grads = [dlin_w, dlin_b]
+        for i in range(len(self.conv_weights) - 1, -1, -1):
+            conv_cache, bn_cache, pool_cache = caches[i]
+            dz = L.relu_pool_backward(dx, pool_cache)
+            f = dz.shape[-1]
+            dzn, dgamma, dbeta = L.batchnorm_backward(dz.reshape(-1, f), bn_cache)
+            dx, dw = L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=i > 0)
+            grads = [dw, dgamma, dbeta] + grads
+        return grads
+
+    def forward_eval(self, x):
+        """Logits ``(n, classes)`` of NHWC images with the running statistics."""
+        for i, w in enumerate(self.conv_weights):
+            z, _ = L.conv_forward(x, w, self.stride, self.padding)
+            n, h, wd, f = z.shape
+            zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i], self.bn_betas[i],
+                                          self.running_means[i], self.running_vars[i], BN_EPS)
+            x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
+        return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight, self.linear_bias)
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with bias correction, as PyTorch's default
+    (no weight decay). State arrays match the parameters' shapes and dtype."""
+
+    def __init__(self, params, beta_1=0.9, beta_2=0.999, epsilon=1e-8):
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self.first = [np.zeros_like(p) for p in params]
+        self.second = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, params, grads, learning_rate):
+        """Update ``params`` in place from ``grads`` (same order)."""
+        self.t += 1
+        b1, b2 = self.beta_1, self.beta_2
+        step_size = learning_rate / (1.0 - b1**self.t)
+        root_correction = np.sqrt(1.0 - b2**self.t)
+        for p, g, m, v in zip(params, grads, self.first, self.second):
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            denom = np.sqrt(v)
+            denom /= root_correction
+            denom += self.epsilon
+            p -= (step_size * m / denom).astype(p.dtype, copy=False)

@@ -1,0 +1,441 @@
+"""The backprop CNN of the reference study, in NumPy, as a scikit-learn classifier.
+
+Architecture: ``n_blocks`` blocks of convolution -> batch normalisation ->
+ReLU -> 2x2 max pooling (stride 2), then one linear layer on the flattened
+last feature map; softmax cross-entropy, Adam. Stride and padding are shared
+by all convolutions (as in the reference); channels and kernel size are per
+block. Convolutions have no bias (the batch norm's shift replaces it).
+
+Geometry. A convolution of an ``h x w`` map gives
+``((h + 2p - k) // s + 1) x ((w + 2p - k) // s + 1)``; max pooling floors
+(an odd last row/column is dropped, PyTorch's ``ceil_mode=False``), so a
+block needs a convolution output of at least 2x2. A configuration whose
+feature map shrinks below 1x1 is *invalid*: :class:`CNNClassifier` raises
+:class:`~bioplaus.errors.InvalidConfigurationError` at ``fit``/``partial_fit``
+and :func:`check_params` checks a search-space point without building
+anything.
+
+Inputs are images ``(n, channels, height, width)`` (``(n, height, width)`` is
+one channel) or flat rows ``(n, channels*height*width)`` reshaped by the
+declared ``input_shape`` (flat rows without ``input_shape`` are read as
+``1 x 1 x n_features`` images).
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+
+import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from bioplaus.errors import ConfigError, InvalidConfigurationError
+from bioplaus.models._cnn_layers import softmax, softmax_cross_entropy
+from bioplaus.models._cnn_network import Adam, ConvNet, feature_map_shapes
+from bioplaus.models.registry import ModelSpec
+
+MAX_BLOCKS = 5
+
+__all__ = ["CNNClassifier", "check_params", "check_geometry", "params_to_estimator_args", "SPEC"]
+
+
+# ---------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------
+
+
+def check_geometry(input_shape, channels, kernel_sizes, stride, padding):
+    """Feature-map shapes of each block, or :class:`InvalidConfigurationError`.
+
+    input_shape: ``(c, h, w)``; channels, kernel_sizes: one int per block;
+    stride, padding: pixels, shared. Returns a list of ``(h, w, channels)``
+    after each block's pooling. The error message names the block, its kernel,
+    the stride, the padding and the resulting size.
+    """
+    _, h, w = input_shape
+    shapes = feature_map_shapes(input_shape, channels, kernel_sizes, stride, padding)
+    out = []
+    for block, ((ch, cw, ph, pw, f), k) in enumerate(zip(shapes, kernel_sizes), start=1):
+        where = (f"CNN block {block} (kernel_size={k}, stride={stride}, padding={padding}) "
+                 f"on a {h}x{w} feature map")
+        if ch < 1 or cw < 1:
+            raise InvalidConfigurationError(
+                f"{where}: the kernel does not fit, convolution output would be "
+                f"{max(ch, 0)}x{max(cw, 0)} (input shape {tuple(input_shape)})")
+        if ph < 1 or pw < 1:
+            raise InvalidConfigurationError(
+                f"{where}: convolution output {ch}x{cw} is pooled (2x2, floor) to "
+                f"{ph}x{pw}, smaller than 1x1 (input shape {tuple(input_shape)})")
+        out.append((ph, pw, f))
+        h, w = ph, pw
+    return out
+
+
+def params_to_estimator_args(params):
+    """CNNClassifier arguments from a search-space point (keys ``batch_size``,
+    ``learning_rate``, ``num_layers``, ``ch_1``..``ch_5``, ``k_1``..``k_5``,
+    ``stride``, ``padding``; integer values may be floats, as in the
+    reference logs, and are rounded)."""
+    try:
+        n_blocks = int(round(float(params["num_layers"])))
+        if not 1 <= n_blocks <= MAX_BLOCKS:
+            raise InvalidConfigurationError(
+                f"num_layers={params['num_layers']} is outside 1..{MAX_BLOCKS}")
+        return dict(
+            batch_size=int(round(float(params["batch_size"]))),
+            learning_rate=float(params["learning_rate"]),
+            n_blocks=n_blocks,
+            channels=tuple(int(round(float(params[f"ch_{i}"]))) for i in range(1, n_blocks + 1)),
+            kernel_sizes=tuple(int(round(float(params[f"k_{i}"]))) for i in range(1, n_blocks + 1)),
+            stride=int(round(float(params["stride"]))),
+            padding=int(round(float(params["padding"]))),
+        )
+    except KeyError as exc:
+        raise ConfigError(f"CNN parameters lack {exc.args[0]!r}") from None
+
+
+def check_params(params, input_shape):
+    """Check a search-space point against an image shape ``(c, h, w)`` without
+    building a model; returns the per-block ``(h, w, channels)`` after pooling,
+    raises :class:`InvalidConfigurationError` when the geometry does not fit."""
+    args = params_to_estimator_args(params)
+    return check_geometry(tuple(input_shape), args["channels"], args["kernel_sizes"],
+                          args["stride"], args["padding"])
+
+
+# ---------------------------------------------------------------------------
+# estimator
+# ---------------------------------------------------------------------------
+
+
+def _per_block(value, n_blocks, name):
+    """``value`` as a tuple of ``n_blocks`` positive ints (an int is repeated)."""
+    if isinstance(value, numbers.Integral):
+        values = (int(value),) * n_blocks
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise InvalidConfigurationError(f"{name} must be an int or a sequence of ints, "
+                                            f"got {value!r}") from None
+        if len(values) < n_blocks:
+            raise InvalidConfigurationError(
+                f"{name}={value!r} has {len(values)} entries but n_blocks={n_blocks}")
+        values = values[:n_blocks]
+    for v in values:
+        if not isinstance(v, numbers.Integral) or v < 1:
+            raise InvalidConfigurationError(f"{name} entries must be positive ints, got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """Convolutional network (conv -> batch norm -> ReLU -> 2x2 max pool blocks,
+    then a linear layer) trained by backprop with Adam on cross-entropy.
+
+    Parameters
+    ----------
+    n_blocks : int, number of conv blocks (the first ``n_blocks`` entries of
+        ``channels`` and ``kernel_sizes`` are used).
+    channels : int or sequence of int, output channels per block.
+    kernel_sizes : int or sequence of int, square kernel size per block (pixels).
+    stride, padding : int, convolution stride (>= 1) and zero padding (>= 0),
+        shared by all blocks.
+    batch_size : int, images per Adam step.
+    learning_rate : float, Adam step size.
+    epochs : int, passes over the data made by :meth:`fit`.
+    input_shape : (channels, height, width) or None, image shape of flat rows.
+    bn_momentum : float, weight of the newest batch in the running batch-norm
+        statistics used at prediction.
+    shuffle : bool, reshuffle the rows every epoch in :meth:`fit`.
+    random_state : int, RandomState or None; initial weights and shuffling.
+    predict_batch_size : int, images per forward pass at prediction (memory bound).
+
+    Fitted attributes
+    -----------------
+    classes_, n_features_in_, input_shape_ (c, h, w), feature_shapes_ (per block
+    (h, w, channels) after pooling), network_ (weights), n_iter_ (passes over
+    data), t_ (Adam steps), loss_ (mean loss of the last pass), loss_curve_,
+    diverged_ (NaN/inf met: training stopped, predictions at chance),
+    fit_seconds_.
+    """
+
+    def __init__(self, n_blocks=2, channels=(16, 32), kernel_sizes=(5, 5), stride=1, padding=2,
+                 batch_size=100, learning_rate=1e-3, epochs=10, input_shape=None,
+                 bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=1000):
+        self.n_blocks = n_blocks
+        self.channels = channels
+        self.kernel_sizes = kernel_sizes
+        self.stride = stride
+        self.padding = padding
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.input_shape = input_shape
+        self.bn_momentum = bn_momentum
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.predict_batch_size = predict_batch_size
+
+    # -- validation -----------------------------------------------------------
+
+    def _check_hyperparameters(self):
+        """Validated ``(channels, kernel_sizes)`` tuples; raises
+        InvalidConfigurationError naming the offending parameter."""
+        def positive_int(name, minimum=1):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+                raise InvalidConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+            return int(value)
+
+        n_blocks = positive_int("n_blocks")
+        positive_int("stride")
+        positive_int("padding", minimum=0)
+        positive_int("batch_size")
+        positive_int("epochs", minimum=0)
+        positive_int("predict_batch_size")
+        lr = self.learning_rate
+        if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
+            raise InvalidConfigurationError(f"learning_rate must be a positive float, got {lr!r}")
+        mom = self.bn_momentum
+        if not isinstance(mom, numbers.Real) or not 0 <= mom <= 1:
+            raise InvalidConfigurationError(f"bn_momentum must be in [0, 1], got {mom!r}")
+        channels = _per_block(self.channels, n_blocks, "channels")
+        kernels = _per_block(self.kernel_sizes, n_blocks, "kernel_sizes")
+        return channels, kernels
+
+    def _declared_shape(self):
+        if self.input_shape is None:
+            return None
+        try:
+            shape = tuple(int(v) for v in self.input_shape)
+        except (TypeError, ValueError):
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise InvalidConfigurationError(
+                f"input_shape must be (channels, height, width) of positive ints, "
+                f"got {self.input_shape!r}")
+        return shape
+
+    def _validate_input(self, X, y=None, reset=True):
+        """Validated float32 images ``(n, c, h, w)`` (a view when possible), and y."""
+        declared = self._declared_shape()
+        image_shape = None
+        if hasattr(X, "shape") and len(X.shape) > 2:
+            X = np.asarray(X)
+            image_shape = (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
+            if X.ndim > 4:
+                raise ValueError(f"expected images (n, c, h, w), got an array of shape {X.shape}")
+            X = X.reshape(X.shape[0], -1)
+        kwargs = dict(reset=reset, dtype=np.float32, order="C")
+        if y is None:
+            X = validate_data(self, X, **kwargs)
+        else:
+            X, y = validate_data(self, X, y, **kwargs)
+        n_features = X.shape[1]
+        if image_shape is None:
+            if reset:
+                image_shape = declared or (1, 1, n_features)
+            else:
+                image_shape = self.input_shape_
+        if declared is not None and image_shape != declared:
+            raise ValueError(f"images of shape {image_shape} do not match input_shape={declared}")
+        if int(np.prod(image_shape)) != n_features:
+            raise ValueError(f"X has {n_features} features per row, which cannot be reshaped "
+                             f"to input_shape={image_shape}")
+        if not reset and image_shape != self.input_shape_:
+            raise ValueError(f"X holds images of shape {image_shape}, but {type(self).__name__} "
+                             f"was fitted on {self.input_shape_}")
+        return X.reshape(X.shape[0], *image_shape), image_shape, y
+
+    # -- training -------------------------------------------------------------
+
+    def _initialise(self, image_shape, classes, channels, kernels, rng):
+        self.feature_shapes_ = check_geometry(image_shape, channels, kernels,
+                                              int(self.stride), int(self.padding))
+        self.input_shape_ = tuple(image_shape)
+        self.classes_ = classes
+        self.network_ = ConvNet(image_shape, channels, kernels, int(self.stride), int(self.padding),
+                                len(classes), rng, dtype=np.float32,
+                                bn_momentum=float(self.bn_momentum))
+        self._optimizer = Adam(self.network_.parameters())
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.loss_ = np.nan
+        self.loss_curve_ = []
+        self.diverged_ = False
+        self.fit_seconds_ = 0.0
+
+    def _encode(self, y):
+        index = np.searchsorted(self.classes_, y)
+        index = np.clip(index, 0, len(self.classes_) - 1)
+        if not np.array_equal(self.classes_[index], y):
+            unknown = np.setdiff1d(np.unique(y), self.classes_)
+            raise ValueError(f"labels {unknown.tolist()} are not in classes {self.classes_.tolist()}")
+        return index
+
+    def _train_pass(self, images, y_index, order=None):
+        """One pass over ``images`` (n, c, h, w) in mini-batches, in the given
+        row order (default: as stored). Stops at the first NaN/inf loss."""
+        if self.diverged_:
+            return
+        start_time = time.perf_counter()
+        net, opt = self.network_, self._optimizer
+        n = images.shape[0]
+        bs = int(self.batch_size)
+        lr = float(self.learning_rate)
+        total, count = 0.0, 0
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for start in range(0, n, bs):
+                rows = slice(start, start + bs) if order is None else order[start:start + bs]
+                xb = images[rows].transpose(0, 2, 3, 1)  # NHWC view (a copy for index rows)
+                yb = y_index[rows]
+                logits, cache = net.forward_train(xb)
+                loss, dlogits = softmax_cross_entropy(logits, yb)
+                if not np.isfinite(loss):
+                    self.diverged_ = True
+                    break
+                opt.step(net.parameters(), net.backward(dlogits, cache), lr)
+                total += loss * len(yb)
+                count += len(yb)
+            if not self.diverged_ and not net.all_finite():
+                self.diverged_ = True
+        self.t_ = opt.t
+        self.n_iter_ += 1
+        self.loss_ = total / count if count and not self.diverged_ else (
+            np.inf if self.diverged_ else np.nan)
+        self.loss_curve_.append(self.loss_)
+        self.fit_seconds_ += time.perf_counter() - start_time
+
+    def fit(self, X, y):
+        """Train from scratch for ``epochs`` passes (rows reshuffled each epoch
+        from ``random_state`` when ``shuffle``). X: images or flat rows; y: (n,)."""
+        channels, kernels = self._check_hyperparameters()
+        images, image_shape, y = self._validate_input(X, y, reset=True)
+        check_classification_targets(y)
+        rng = check_random_state(self.random_state)
+        classes = np.unique(y)
+        self._initialise(image_shape, classes, channels, kernels, rng)
+        y_index = self._encode(y)
+        for _ in range(int(self.epochs)):
+            order = rng.permutation(len(y_index)) if self.shuffle else None
+            self._train_pass(images, y_index, order)
+            if self.diverged_:
+                break
+        return self
+
+    def partial_fit(self, X, y, classes=None):
+        """One pass over the given rows, in the given order, in mini-batches of
+        ``batch_size`` (no shuffling). ``classes`` (all labels) is required on
+        the first call."""
+        first = not hasattr(self, "classes_")
+        if first:
+            channels, kernels = self._check_hyperparameters()
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+        images, image_shape, y = self._validate_input(X, y, reset=first)
+        check_classification_targets(y)
+        if first:
+            self._initialise(image_shape, np.unique(np.asarray(classes)), channels, kernels,
+                             check_random_state(self.random_state))
+        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)),
+                                                        self.classes_):
+            raise ValueError(f"classes={classes!r} differ from the first call's "
+                             f"{self.classes_.tolist()}")
+        self._train_pass(images, self._encode(y))
+        return self
+
+    # -- prediction -----------------------------------------------------------
+
+    def predict_proba(self, X):
+        """Class probabilities ``(n, n_classes)``, columns in ``classes_`` order;
+        uniform (chance) rows when the fit diverged or the output is not finite."""
+        check_is_fitted(self)
+        images, _, _ = self._validate_input(X, reset=False)
+        n, k = images.shape[0], len(self.classes_)
+        proba = np.full((n, k), 1.0 / k, dtype=np.float64)
+        if self.diverged_ or n == 0:
+            return proba
+        step = int(self.predict_batch_size)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            for start in range(0, n, step):
+                xb = images[start:start + step].transpose(0, 2, 3, 1)
+                p = softmax(self.network_.forward_eval(xb))
+                ok = np.isfinite(p).all(axis=1)
+                proba[start:start + step][ok] = p[ok]
+        return proba
+
+    def predict(self, X):
+        """Predicted labels ``(n,)`` (the most probable class)."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        return tags
+
+
+# ---------------------------------------------------------------------------
+# registry entry
+# ---------------------------------------------------------------------------
+
+
+def search_space(options=None):
+    """The reference's CNN search space (fixed key set; only the first
+    ``num_layers`` of ``ch_*``/``k_*`` are used)."""
+    space = {
+        "batch_size": IntDistribution(10, 500),
+        "learning_rate": FloatDistribution(1e-4, 0.05, log=True),
+        "num_layers": IntDistribution(1, MAX_BLOCKS),
+    }
+    for i in range(1, MAX_BLOCKS + 1):
+        space[f"ch_{i}"] = IntDistribution(3, 64)
+    for i in range(1, MAX_BLOCKS + 1):
+        space[f"k_{i}"] = IntDistribution(2, 10)
+    space["stride"] = IntDistribution(1, 3)
+    space["padding"] = IntDistribution(1, 3)
+    return space
+
+
+#: options of ``model_options.cnn`` passed through to the estimator
+_OPTION_KEYS = ("bn_momentum", "predict_batch_size")
+
+
+def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
+    """An unfitted :class:`CNNClassifier` for one search-space point, reading
+    flat rows of images ``input_shape`` = (c, h, w). An invalid geometry is
+    raised at fit time (check it earlier with :func:`check_params`)."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(_OPTION_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown model_options.cnn keys {unknown}; allowed: {list(_OPTION_KEYS)}")
+    return CNNClassifier(
+        **params_to_estimator_args(params),
+        epochs=int(epochs),
+        input_shape=tuple(int(v) for v in input_shape),
+        random_state=random_state,
+        **options,
+    )
+
+
+DEFAULT_PARAMS = {
+    "batch_size": 100,
+    "learning_rate": 1e-3,
+    "num_layers": 2,
+    **{f"ch_{i}": c for i, c in enumerate((16, 32, 32, 32, 32), start=1)},
+    **{f"k_{i}": 5 for i in range(1, MAX_BLOCKS + 1)},
+    "stride": 1,
+    "padding": 2,
+}
+
+SPEC = ModelSpec(
+    name="cnn",
+    label="Backprop CNN",
+    build=build,
+    search_space=search_space,
+    default_params=DEFAULT_PARAMS,
+    description="NumPy CNN: conv -> batch norm -> ReLU -> 2x2 max pool blocks, linear, Adam",
+)

@@ -1,0 +1,508 @@
+"""Figures of the robustness study (matplotlib, Agg canvas; no pyplot state).
+
+Every ``plot_*`` function draws one figure, writes ``<stem>.png`` (150 dpi) and
+``<stem>.pdf`` (parent folders created) and returns a :class:`SavedFigure`
+(``png, pdf = plot_...(...)`` unpacks the two paths; ``.figure`` is the
+matplotlib Figure for inspection). Models keep one colour and label in every
+figure (:data:`MODEL_COLORS`, :data:`MODEL_LABELS`); accuracy axes run from
+chance (or the lowest accuracy, if below) to 1. Accuracies are fractions of
+test images classified correctly, averaged over the cross-validation folds.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from bioplaus.analysis import (
+    LEARNS_MARGIN,
+    _noise_table,
+    _prepare,
+    learns_curve,
+    valid_mask,
+)
+
+MODEL_ORDER = ["mlp", "cnn", "segdend"]
+MODEL_LABELS = {
+    "mlp": "Backprop MLP",
+    "cnn": "Backprop CNN",
+    "segdend": "Segregated-dendrite MLP",
+}
+#: Okabe-Ito colour-blind-safe palette; the same model has the same colour everywhere.
+MODEL_COLORS = {"mlp": "#0072B2", "cnn": "#009E73", "segdend": "#D55E00"}
+_EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+DATASET_ORDER = ["mnist", "fashion", "cifar10", "mnist-5k", "digits"]
+DATASET_LABELS = {
+    "mnist": "MNIST",
+    "fashion": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "mnist-5k": "MNIST (5k subset)",
+    "digits": "Digits (8x8)",
+}
+SAMPLER_LABELS = {"gp": "Gaussian-process", "tpe": "TPE", "random": "uniformly random"}
+ACCURACY_LABEL = "CV test accuracy"
+_PNG_DPI = 150
+#: integer parameters with at most this many values are drawn as box plots per value
+_MAX_DISCRETE_BOXES = 8
+
+
+@dataclass(frozen=True)
+class SavedFigure:
+    """Paths of the written files and the (closed-for-drawing) Figure; iterates as (png, pdf)."""
+
+    png: Path
+    pdf: Path
+    figure: Figure
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter((self.png, self.pdf))
+
+    @property
+    def paths(self) -> tuple[Path, Path]:
+        return (self.png, self.pdf)
+
+
+# ----------------------------------------------------------------------------- helpers
+def model_label(model: str) -> str:
+    """Human-readable model name (the registry name when unknown)."""
+    return MODEL_LABELS.get(model, model)
+
+
+def model_color(model: str) -> str:
+    """Fixed colour of a model; unknown models get stable colours by name."""
+    if model in MODEL_COLORS:
+        return MODEL_COLORS[model]
+    return _EXTRA_COLORS[sum(map(ord, model)) % len(_EXTRA_COLORS)]
+
+
+def dataset_label(dataset: str) -> str:
+    return DATASET_LABELS.get(dataset, dataset)
+
+
+def _ordered(values, order) -> list[str]:
+    values = list(dict.fromkeys(values))
+    return [v for v in order if v in values] + sorted(v for v in values if v not in order)
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, stem: str | Path) -> SavedFigure:
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png = stem.with_name(stem.name + ".png")
+    pdf = stem.with_name(stem.name + ".pdf")
+    figure.savefig(png, dpi=_PNG_DPI)
+    figure.savefig(pdf)
+    return SavedFigure(png=png, pdf=pdf, figure=figure)
+
+
+def _accuracy_limits(accuracies, chance: float) -> tuple[float, float]:
+    """Axis limits from just below chance (or the lowest accuracy) to just above 1."""
+    values = np.asarray(accuracies, dtype=float)
+    values = values[np.isfinite(values)]
+    low = min(chance, values.min()) if len(values) else chance
+    return max(0.0, low - 0.03), 1.01
+
+
+def _valid_rows(trials: pd.DataFrame | None) -> pd.DataFrame:
+    if trials is None or len(trials) == 0:
+        return pd.DataFrame(columns=["dataset", "model", "sampler", "source", "number", "accuracy", "chance"])
+    frame = _prepare(trials)
+    return frame[valid_mask(frame)]
+
+
+def _source_label(frame: pd.DataFrame, default: str = "ours") -> str:
+    sources = set(frame["source"].astype(str)) if len(frame) else set()
+    return "2019 study" if sources == {"2019"} else default
+
+
+def _wrapped(label: str, width: int = 14) -> str:
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+# ----------------------------------------------------------------------------- robustness
+def plot_robustness(
+    trials: pd.DataFrame,
+    stem: str | Path,
+    *,
+    sampler: str = "gp",
+    reference: pd.DataFrame | None = None,
+    repeats: pd.DataFrame | None = None,
+) -> SavedFigure:
+    """The review's 3-row figure, one column per dataset, for one sampler's trials.
+
+    Row 1: accuracy of each valid trial in trial order (one line per model);
+    row 2: histogram of those accuracies per model (fraction of trials per bin);
+    row 3: box plots per model with every trial as a dot. ``reference`` (rows of
+    :func:`bioplaus.reference.load_reference_logs`) adds the 2019 study's
+    distributions: dashed lines (row 1), dashed outlines (row 2) and hatched
+    boxes beside ours (row 3). ``repeats`` (repeats.csv rows) adds, at the
+    median of each of our boxes, an error bar of +-1 seed-to-seed standard
+    deviation (median over the refitted settings), so hyperparameter spread can
+    be told from refitting noise. Raises ``ValueError`` when nothing is left to draw.
+    """
+    ours = _valid_rows(trials)
+    ours = ours[ours["sampler"] == sampler]
+    ref = _valid_rows(reference)
+    if ours.empty and ref.empty:
+        raise ValueError(f"plot_robustness: no valid trials of sampler {sampler!r} to draw")
+    ours_label = _source_label(ours)
+    noise = _noise_table(repeats) if repeats is not None and len(repeats) else None
+
+    datasets = _ordered(list(ours["dataset"]) + list(ref["dataset"]), DATASET_ORDER)
+    models = _ordered(list(ours["model"]) + list(ref["model"]), MODEL_ORDER)
+    has_ref = not ref.empty
+    figure = _figure(4.6 * len(datasets) + 0.6, 10.5)
+    axes = figure.subplots(3, len(datasets), squeeze=False)
+
+    for column, dataset in enumerate(datasets):
+        ours_d = ours[ours["dataset"] == dataset]
+        ref_d = ref[ref["dataset"] == dataset]
+        both = pd.concat([ours_d, ref_d])
+        chance = float(both["chance"].median())
+        low, high = _accuracy_limits(both["accuracy"], chance)
+        trace_ax, hist_ax, box_ax = axes[:, column]
+        bins = np.linspace(low, 1.0, 26)
+
+        for model in models:
+            color = model_color(model)
+            for frame, dashed in ((ours_d, False), (ref_d, True)):
+                rows = frame[frame["model"] == model].sort_values("number")
+                if rows.empty:
+                    continue
+                acc = rows["accuracy"].to_numpy(dtype=float)
+                trace_ax.plot(
+                    rows["number"].to_numpy(), acc, color=color,
+                    linestyle="--" if dashed else "-", linewidth=1.0 if dashed else 1.4,
+                    marker="" if dashed else "o", markersize=2.5, alpha=0.75 if dashed else 0.95,
+                )
+                weights = np.full(len(acc), 1.0 / len(acc))
+                if dashed:
+                    hist_ax.hist(acc, bins=bins, weights=weights, histtype="step",
+                                 linestyle="--", linewidth=1.4, color=color)
+                else:
+                    hist_ax.hist(acc, bins=bins, weights=weights, histtype="stepfilled",
+                                 alpha=0.3, color=color)
+                    hist_ax.hist(acc, bins=bins, weights=weights, histtype="step",
+                                 linewidth=1.4, color=color)
+
+        # row 3: paired boxes (ours, 2019) per model, every trial as a jittered dot
+        rng = np.random.default_rng(column)
+        ticks, tick_labels = [], []
+        for index, model in enumerate(models):
+            color = model_color(model)
+            pairs = [(ours_d, False)] + ([(ref_d, True)] if has_ref else [])
+            offsets = [-0.2, 0.2] if has_ref else [0.0]
+            width = 0.34 if has_ref else 0.55
+            drawn = False
+            for (frame, hatched), offset in zip(pairs, offsets):
+                acc = frame.loc[frame["model"] == model, "accuracy"].to_numpy(dtype=float)
+                if len(acc) == 0:
+                    continue
+                drawn = True
+                position = index + offset
+                box = box_ax.boxplot(
+                    acc, positions=[position], widths=width, patch_artist=True,
+                    showfliers=False, medianprops={"color": "black", "linewidth": 1.5},
+                )
+                patch = box["boxes"][0]
+                if hatched:
+                    patch.set(facecolor="white", edgecolor=color, hatch="///", linewidth=1.2)
+                else:
+                    patch.set(facecolor=color, alpha=0.45, edgecolor=color)
+                jitter = rng.uniform(-width / 4, width / 4, len(acc))
+                box_ax.scatter(position + jitter, acc, s=7, color=color, alpha=0.6,
+                               linewidths=0, zorder=3)
+                if not hatched and noise is not None:
+                    match = noise[(noise["dataset"] == dataset) & (noise["model"] == model)]
+                    if len(match) and np.isfinite(match["noise_sd"].iloc[0]):
+                        box_ax.errorbar(position, np.median(acc), yerr=match["noise_sd"].iloc[0],
+                                        color="black", capsize=5, linewidth=2.0, capthick=2.0,
+                                        zorder=4)
+            if drawn:
+                ticks.append(index)
+                tick_labels.append(_wrapped(model_label(model)))
+        box_ax.set_xticks(ticks, tick_labels, fontsize=8.5)
+        box_ax.set_xlim(-0.6, len(models) - 0.4)
+
+        for ax in (trace_ax, box_ax):
+            ax.set_ylim(low, high)
+            ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+            ax.grid(axis="y", alpha=0.3)
+        hist_ax.set_xlim(low, high)
+        hist_ax.axvline(chance, color="grey", linestyle=":", linewidth=1)
+        trace_ax.set_title(dataset_label(dataset), fontsize=13, fontweight="bold")
+        trace_ax.set_xlabel("evaluation number (order of the optimiser)")
+        hist_ax.set_xlabel(ACCURACY_LABEL)
+        box_ax.set_xlabel("model")
+        if column == 0:
+            trace_ax.set_ylabel(ACCURACY_LABEL)
+            hist_ax.set_ylabel("fraction of trials")
+            box_ax.set_ylabel(ACCURACY_LABEL)
+
+    handles = [Patch(facecolor=model_color(m), alpha=0.6, label=model_label(m)) for m in models]
+    handles.append(Line2D([], [], color="black", linestyle="-", marker="o", markersize=3,
+                          label=f"{ours_label} ({SAMPLER_LABELS.get(sampler, sampler)} sampler)"))
+    if has_ref:
+        handles.append(Line2D([], [], color="black", linestyle="--",
+                              label="2019 study (GP), hatched boxes"))
+    if noise is not None:
+        handles.append(Line2D([], [], color="black", marker="_", markersize=12, linewidth=2,
+                              label="±1 SD over refits of one setting (seed noise)"))
+    handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
+                  fontsize=9, frameon=False)
+    figure.suptitle(
+        "Robustness to hyperparameters: 3-fold cross-validated test accuracy of every "
+        f"configuration evaluated ({SAMPLER_LABELS.get(sampler, sampler)} sampler)",
+        fontsize=12,
+    )
+    return _save(figure, stem)
+
+
+# ----------------------------------------------------------------------------- learns curves
+def plot_learns_curves(
+    trials: pd.DataFrame,
+    stem: str | Path,
+    *,
+    sampler: str = "random",
+    reference: pd.DataFrame | None = None,
+) -> SavedFigure:
+    """Per dataset: fraction of ``sampler`` configurations reaching accuracy >= a, a from chance to 1.
+
+    One curve per model (uniformly random configurations by default, so the
+    curve is the fraction of the search space that reaches ``a``); a dotted
+    line marks the "learns" threshold (chance + LEARNS_MARGIN). ``reference``
+    adds the 2019 study's GP trials as dashed curves (optimiser-guided, so
+    biased towards good settings).
+    """
+    ours = _valid_rows(trials)
+    ours = ours[ours["sampler"] == sampler]
+    ref = _valid_rows(reference)
+    if ours.empty and ref.empty:
+        raise ValueError(f"plot_learns_curves: no valid trials of sampler {sampler!r} to draw")
+    ours_label = _source_label(ours)
+    datasets = _ordered(list(ours["dataset"]) + list(ref["dataset"]), DATASET_ORDER)
+    models = _ordered(list(ours["model"]) + list(ref["model"]), MODEL_ORDER)
+    figure = _figure(4.6 * len(datasets) + 0.4, 5.4)
+    axes = figure.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets):
+        both = pd.concat([ours[ours["dataset"] == dataset], ref[ref["dataset"] == dataset]])
+        chance = float(both["chance"].median())
+        grid = np.linspace(chance, 1.0, 181)
+        for frame, dashed in ((ours, False), (ref, True)):
+            rows = frame[frame["dataset"] == dataset]
+            if rows.empty:
+                continue
+            curves = learns_curve(rows.assign(sampler="curve", source="curve"), grid)
+            for model in models:
+                curve = curves[curves["model"] == model]
+                if curve.empty:
+                    continue
+                n = int(curve["n"].iloc[0])
+                label = f"{model_label(model)} ({'2019 GP' if dashed else ours_label}, n={n})"
+                ax.plot(curve["threshold"], curve["fraction"], color=model_color(model),
+                        linestyle="--" if dashed else "-", linewidth=1.3 if dashed else 2.0,
+                        label=label, drawstyle="steps-post")
+        ax.axvline(chance + LEARNS_MARGIN, color="grey", linestyle=":", linewidth=1.2,
+                   label=f"'learns' threshold (chance + {LEARNS_MARGIN:.2f})")
+        ax.set_xlim(chance, 1.0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(dataset_label(dataset), fontsize=12, fontweight="bold")
+        ax.set_xlabel("accuracy threshold a (CV test accuracy)")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    axes[0].set_ylabel("fraction of configurations with accuracy ≥ a")
+    figure.suptitle(
+        "How much of each search space learns? "
+        f"({SAMPLER_LABELS.get(sampler, sampler)} configurations; higher = more robust)",
+        fontsize=12,
+    )
+    return _save(figure, stem)
+
+
+# ----------------------------------------------------------------------------- importance
+_EVALUATOR_LABELS = {
+    "fanova": "fANOVA (share of accuracy variance)",
+    "ped_anova": "PED-ANOVA (reaching the top 10%)",
+}
+
+
+def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigure:
+    """Horizontal bars of each hyperparameter's importance, both evaluators, one (dataset, model).
+
+    ``importance_df`` is :func:`bioplaus.analysis.importance` output filtered to one
+    (dataset, model); parameters are sorted by mean importance (most important on top).
+    """
+    if importance_df.empty:
+        raise ValueError("plot_importance: empty importance table")
+    groups = importance_df[["dataset", "model"]].drop_duplicates()
+    if len(groups) != 1:
+        raise ValueError(
+            "plot_importance draws one (dataset, model); got "
+            + ", ".join(f"{d}/{m}" for d, m in groups.itertuples(index=False))
+        )
+    dataset, model = groups.iloc[0]
+    table = importance_df.pivot_table(index="param", columns="evaluator",
+                                      values="importance", aggfunc="mean")
+    table = table.loc[table.mean(axis=1).sort_values(ascending=True).index]
+    evaluators = [e for e in ("fanova", "ped_anova") if e in table.columns]
+    evaluators += [e for e in table.columns if e not in evaluators]
+    n_trials = int(importance_df["n_trials"].max()) if "n_trials" in importance_df else None
+
+    figure = _figure(7.5, 1.6 + 0.32 * len(table) * max(1, len(evaluators)) ** 0.5)
+    ax = figure.subplots()
+    positions = np.arange(len(table))
+    height = 0.8 / len(evaluators)
+    color = model_color(model)
+    for index, evaluator in enumerate(evaluators):
+        offset = (index - (len(evaluators) - 1) / 2) * height
+        style = {"color": color, "alpha": 0.85} if index == 0 else {
+            "facecolor": "white", "edgecolor": color, "hatch": "///"}
+        ax.barh(positions + offset, table[evaluator].fillna(0).to_numpy(), height=height,
+                label=_EVALUATOR_LABELS.get(evaluator, evaluator), **style)
+    ax.set_yticks(positions, table.index)
+    ax.set_ylim(-0.6, len(table) - 0.4)
+    ax.set_xlabel("importance (normalised: sums to 1 per method)")
+    ax.set_ylabel("hyperparameter")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    suffix = f", {n_trials} random configurations" if n_trials else ""
+    ax.set_title(f"Which hyperparameters matter? {model_label(model)} on "
+                 f"{dataset_label(dataset)}{suffix}", fontsize=11)
+    return _save(figure, stem)
+
+
+# ----------------------------------------------------------------------------- sensitivity
+def _running_median(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Running median of y over a window of ranks of x (window ~ n/8, at least 5 points)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    n = len(xs)
+    half = max(2, int(round(n / 16)))
+    smoothed = np.array([np.median(ys[max(0, i - half): i + half + 1]) for i in range(n)])
+    return xs, smoothed
+
+
+def _is_discrete(distribution: BaseDistribution) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return True
+    if isinstance(distribution, IntDistribution) and not distribution.log:
+        return (distribution.high - distribution.low) // distribution.step + 1 <= _MAX_DISCRETE_BOXES
+    return False
+
+
+def plot_sensitivity(
+    trials_random: pd.DataFrame,
+    space: Mapping[str, BaseDistribution],
+    stem: str | Path,
+    *,
+    sampler: str = "random",
+    ncols: int | None = None,
+) -> SavedFigure:
+    """Accuracy against each hyperparameter of one (dataset, model), one panel per parameter.
+
+    Uses the valid trials of ``sampler`` (default ``random``: an unbiased sample
+    of the space). Continuous and wide integer parameters: scatter of
+    (value, accuracy) with a running median over ranks of the value (black line;
+    log x-axis for log-scale parameters). Booleans, categoricals and integers
+    with at most 8 values: a box per value with every trial as a dot.
+    Raises ``ValueError`` for several (dataset, model) or no trials.
+    """
+    frame = _valid_rows(trials_random)
+    frame = frame[frame["sampler"] == sampler]
+    if frame.empty:
+        raise ValueError(f"plot_sensitivity: no valid trials of sampler {sampler!r}")
+    groups = frame[["dataset", "model"]].drop_duplicates()
+    if len(groups) != 1:
+        raise ValueError("plot_sensitivity draws one (dataset, model); got "
+                         + ", ".join(f"{d}/{m}" for d, m in groups.itertuples(index=False)))
+    dataset, model = groups.iloc[0]
+    names = [n for n in space if f"param_{n}" in frame.columns]
+    if not names:
+        raise ValueError("plot_sensitivity: no param_<name> column matches the search space")
+    ncols = ncols or (3 if len(names) <= 9 else 5)
+    nrows = int(np.ceil(len(names) / ncols))
+    figure = _figure(3.1 * ncols, 2.55 * nrows + 0.9)
+    axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True)
+    accuracy = frame["accuracy"].to_numpy(dtype=float)
+    chance = float(frame["chance"].median())
+    low, high = _accuracy_limits(accuracy, chance)
+    color = model_color(model)
+    rng = np.random.default_rng(0)
+
+    for index, name in enumerate(names):
+        ax = axes.flat[index]
+        distribution = space[name]
+        values = frame[f"param_{name}"]
+        if _is_discrete(distribution):
+            if isinstance(distribution, CategoricalDistribution):
+                levels = list(distribution.choices)
+            else:
+                levels = list(range(distribution.low, distribution.high + 1, distribution.step))
+            text = values.astype(str).str.strip().str.lower()
+            data = [accuracy[(text == str(level).lower()).to_numpy()] for level in levels]
+            if not isinstance(distribution, CategoricalDistribution):
+                numeric = pd.to_numeric(values, errors="coerce").round().to_numpy()
+                data = [accuracy[numeric == level] for level in levels]
+            positions = np.arange(len(levels))
+            kept = [(p, d) for p, d in zip(positions, data) if len(d)]
+            if kept:
+                box = ax.boxplot([d for _, d in kept], positions=[p for p, _ in kept],
+                                 widths=0.6, patch_artist=True, showfliers=False,
+                                 medianprops={"color": "black", "linewidth": 1.5})
+                for patch in box["boxes"]:
+                    patch.set(facecolor=color, alpha=0.35, edgecolor=color)
+                for position, d in kept:
+                    ax.scatter(position + rng.uniform(-0.15, 0.15, len(d)), d, s=6,
+                               color=color, alpha=0.6, linewidths=0, zorder=3)
+            ax.set_xticks(positions, [str(level) for level in levels],
+                          fontsize=8 if len(levels) <= 4 else 7)
+            ax.set_xlim(-0.6, len(levels) - 0.4)
+        else:
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+            keep = np.isfinite(x)
+            ax.scatter(x[keep], accuracy[keep], s=8, color=color, alpha=0.55, linewidths=0)
+            if keep.sum() >= 5:
+                xs, smoothed = _running_median(x[keep], accuracy[keep])
+                ax.plot(xs, smoothed, color="black", linewidth=1.5)
+            if getattr(distribution, "log", False):
+                ax.set_xscale("log")
+            if isinstance(distribution, (FloatDistribution, IntDistribution)):
+                ax.set_xlim(distribution.low, distribution.high)
+            ax.tick_params(axis="x", labelsize=7.5)
+        scale = " (log scale)" if getattr(distribution, "log", False) else ""
+        ax.set_title(f"{name}{scale}", fontsize=9.5)
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(low, high)
+        ax.grid(alpha=0.25)
+        if index % ncols == 0:
+            ax.set_ylabel(ACCURACY_LABEL, fontsize=9)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    figure.suptitle(
+        f"Accuracy against each hyperparameter: {model_label(model)} on {dataset_label(dataset)} "
+        f"({len(frame)} {SAMPLER_LABELS.get(sampler, sampler)} configurations; "
+        "line = running median, dotted = chance; x: parameter value)",
+        fontsize=11,
+    )
+    return _save(figure, stem)
