@@ -8,14 +8,23 @@
 #   results/summary.csv, results/comparison.csv      tables
 #   results/figures/*.png|pdf                        figures
 
-from snakemake.utils import min_version, validate
+import os
+
+from snakemake.utils import min_version
+
+from bioplaus.config import validate_config
 
 min_version("8.0")
 
-configfile: "config.yaml"
+# config.yaml is the default study; `--configfile other.yaml` replaces it
+# (instead of merging its dataset list into the default one).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+
+validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 
 
 include: "workflow/rules/common.smk"

@@ -41,6 +41,8 @@ AT_CHANCE_MARGIN = 0.02
 LEARNS_MARGIN = 0.10
 #: accuracy >= best - NEAR_BEST_MARGIN counts as "near best".
 NEAR_BEST_MARGIN = 0.05
+#: tolerance of the threshold comparisons, so that e.g. 0.12 counts as 0.1 + 0.02 exactly
+THRESHOLD_TOLERANCE = 1e-9
 #: fewest valid random-sampler trials :func:`importance` accepts per (dataset, model).
 MIN_IMPORTANCE_TRIALS = 10
 
@@ -159,6 +161,7 @@ def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
     frame = trials.copy()
     if "source" not in frame.columns:
         frame["source"] = "ours"
+    frame["source"] = frame["source"].fillna("ours")
     if "sampler" not in frame.columns:
         frame["sampler"] = ""
     if "state" not in frame.columns:
@@ -185,13 +188,21 @@ def valid_mask(trials: pd.DataFrame) -> pd.Series:
 
 
 def at_chance(accuracy, chance):
-    """Boolean array: accuracy < chance + AT_CHANCE_MARGIN."""
-    return np.asarray(accuracy, dtype=float) < np.asarray(chance, dtype=float) + AT_CHANCE_MARGIN
+    """Boolean array: accuracy < chance + AT_CHANCE_MARGIN (up to THRESHOLD_TOLERANCE)."""
+    bound = np.asarray(chance, dtype=float) + AT_CHANCE_MARGIN - THRESHOLD_TOLERANCE
+    return np.asarray(accuracy, dtype=float) < bound
 
 
 def learns(accuracy, chance):
-    """Boolean array: accuracy >= chance + LEARNS_MARGIN."""
-    return np.asarray(accuracy, dtype=float) >= np.asarray(chance, dtype=float) + LEARNS_MARGIN
+    """Boolean array: accuracy >= chance + LEARNS_MARGIN (up to THRESHOLD_TOLERANCE)."""
+    bound = np.asarray(chance, dtype=float) + LEARNS_MARGIN - THRESHOLD_TOLERANCE
+    return np.asarray(accuracy, dtype=float) >= bound
+
+
+def near_best(accuracy, best):
+    """Boolean array: accuracy >= best - NEAR_BEST_MARGIN (up to THRESHOLD_TOLERANCE)."""
+    bound = np.asarray(best, dtype=float) - NEAR_BEST_MARGIN - THRESHOLD_TOLERANCE
+    return np.asarray(accuracy, dtype=float) >= bound
 
 
 def _noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
@@ -279,7 +290,7 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
                 std=float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
                 frac_at_chance=float(at_chance(acc, chance).mean()),
                 frac_learns=float(learns(acc, chance).mean()),
-                frac_near_best=float((acc >= best_any - NEAR_BEST_MARGIN).mean()),
+                frac_near_best=float(near_best(acc, best_any).mean()),
                 best=float(acc[best_index]),
                 best_number=(
                     int(good["number"].iloc[best_index]) if "number" in good.columns else best_index

@@ -72,14 +72,45 @@ def cmd_importance(args) -> None:
     from bioplaus import plots
     from bioplaus.analysis import importance, load_trials
 
+    import pandas as pd
+
     trials = load_trials(args.trials)
-    table = importance(trials, _space(args.model, args.options), seed=args.seed)
-    Path(args.out_csv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out_csv, index=False)
     stem = _stem(args.out_figure)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_csv).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        table = importance(trials, _space(args.model, args.options), seed=args.seed)
+    except ValueError as exc:  # too few usable trials: record why, draw a notice
+        reason = str(exc)
+        pd.DataFrame([{"dataset": _first(trials, "dataset"), "model": args.model, "param": None,
+                       "evaluator": None, "importance": None, "note": reason}]).to_csv(args.out_csv, index=False)
+        _notice_figure(stem, f"No importance for {args.model}: {reason}")
+        print(f"importance not computed: {reason}", file=sys.stderr)
+        return
+    table.to_csv(args.out_csv, index=False)
     plots.plot_importance(table, stem)
     print(f"wrote {args.out_csv} and {stem}.png/.pdf", file=sys.stderr)
+
+
+def _first(frame, column):
+    return frame[column].iloc[0] if column in frame and len(frame) else None
+
+
+def _notice_figure(stem: Path, text: str) -> None:
+    """A figure that says why the analysis could not be drawn (so the target still exists)."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, textwrap.fill(text, 70), ha="center", va="center", fontsize=10)
+    for ext in (".png", ".pdf"):
+        fig.savefig(str(stem) + ext, dpi=120)
+    plt.close(fig)
 
 
 def cmd_sensitivity(args) -> None:

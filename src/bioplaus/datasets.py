@@ -451,12 +451,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             # Check the length before allocating, so a damaged header cannot
             # make us allocate gigabytes.
             if compressed:
-                announced = (header_bytes + n_data) % (1 << 32)
-                if _gzip_isize(path) != announced:
+                # ISIZE is the uncompressed length mod 2**32 of a single-member
+                # gzip file, which the canonical files are.
+                isize = _gzip_isize(path)
+                if isize != (header_bytes + n_data) % (1 << 32):
                     raise DatasetError(
                         f"{kind} {path} is truncated or its counts are wrong: the header announces "
                         f"{dims_text} {dtype.name} values ({n_data} bytes of data) but the gzip "
-                        f"trailer records {_gzip_isize(path)} uncompressed bytes in all "
+                        f"trailer records {isize} uncompressed bytes in all "
                         f"(expected {header_bytes + n_data})."
                     )
             elif size_on_disk != header_bytes + n_data:
@@ -487,9 +489,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except DatasetError:
         raise
     except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+        what = "is not a readable gzip file" if compressed else "cannot be read"
         raise DatasetError(
-            f"{path} is not a readable gzip file ({type(exc).__name__}: {exc}); it is damaged or "
-            "truncated. Delete it and download it again."
+            f"{path} {what} ({type(exc).__name__}: {exc}); it is damaged or truncated. "
+            "Delete it and download it again."
         ) from exc
     out = out.reshape(dims)
     if not out.dtype.isnative:
@@ -500,6 +503,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _reconstruct_function():
     """numpy's array-unpickling helper (its module moved between numpy 1 and 2)."""
     return np.ndarray((0,), np.uint8).__reduce__()[0]
+
+
+def _frombuffer_function():
+    """numpy's protocol-5 array-unpickling helper (builds an array from raw bytes)."""
+    return np.zeros(1, np.uint8).__reduce_ex__(5)[0]
 
 
 def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
@@ -515,6 +523,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct_function,
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct_function,
+        ("numpy.core.numeric", "_frombuffer"): _frombuffer_function,
+        ("numpy._core.numeric", "_frombuffer"): _frombuffer_function,
         ("numpy", "ndarray"): lambda: np.ndarray,
         ("numpy", "dtype"): lambda: np.dtype,
         ("_codecs", "encode"): lambda: _latin1_encode,
@@ -928,7 +938,11 @@ def download(name: str, data_dir: str | os.PathLike, *, timeout: float = 60) -> 
     if info.embedded:
         return []
     target = dataset_dir(name, data_dir)
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"Cannot create the data folder {target} for dataset {name!r}: "
+                           f"{exc.strerror or exc}. Choose another --data-dir.") from exc
     missing = [r for r in info.files if not verify_file(target / r.filename, r)]
     if missing and info.archive is not None:
         archive_path = target / info.archive.filename

@@ -22,6 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter
+from scipy.stats import rankdata
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -137,6 +139,13 @@ def _source_label(frame: pd.DataFrame, default: str = "ours") -> str:
 
 def _wrapped(label: str, width: int = 14) -> str:
     return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def _title_for(figure: Figure, text: str, fontsize: float) -> str:
+    """``text`` wrapped to fit the figure's width (about 0.55 em per character)."""
+    width_inches = figure.get_figwidth()
+    characters = max(20, int(width_inches * 72 / (0.55 * fontsize)) - 4)
+    return "\n".join(textwrap.wrap(text, characters))
 
 
 # ----------------------------------------------------------------------------- robustness
@@ -271,10 +280,11 @@ def plot_robustness(
     handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
                   fontsize=9, frameon=False)
-    figure.suptitle(
+    figure.suptitle(_title_for(
+        figure,
         "Robustness to hyperparameters: 3-fold cross-validated test accuracy of every "
         f"configuration evaluated ({SAMPLER_LABELS.get(sampler, sampler)} sampler)",
-        fontsize=12,
+        12), fontsize=12,
     )
     return _save(figure, stem)
 
@@ -332,10 +342,11 @@ def plot_learns_curves(
         ax.set_xlabel("accuracy threshold a (CV test accuracy)")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     axes[0].set_ylabel("fraction of configurations with accuracy ≥ a")
-    figure.suptitle(
+    figure.suptitle(_title_for(
+        figure,
         "How much of each search space learns? "
         f"({SAMPLER_LABELS.get(sampler, sampler)} configurations; higher = more robust)",
-        fontsize=12,
+        12), fontsize=12,
     )
     return _save(figure, stem)
 
@@ -369,13 +380,13 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
     evaluators += [e for e in table.columns if e not in evaluators]
     n_trials = int(importance_df["n_trials"].max()) if "n_trials" in importance_df else None
 
-    figure = _figure(7.5, 1.6 + 0.32 * len(table) * max(1, len(evaluators)) ** 0.5)
+    figure = _figure(7.5, 2.0 + 0.14 * len(table) * max(2, len(evaluators)))
     ax = figure.subplots()
     positions = np.arange(len(table))
     height = 0.8 / len(evaluators)
     color = model_color(model)
     for index, evaluator in enumerate(evaluators):
-        offset = (index - (len(evaluators) - 1) / 2) * height
+        offset = ((len(evaluators) - 1) / 2 - index) * height  # first evaluator on top
         style = {"color": color, "alpha": 0.85} if index == 0 else {
             "facecolor": "white", "edgecolor": color, "hatch": "///"}
         ax.barh(positions + offset, table[evaluator].fillna(0).to_numpy(), height=height,
@@ -387,20 +398,56 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     suffix = f", {n_trials} random configurations" if n_trials else ""
-    ax.set_title(f"Which hyperparameters matter? {model_label(model)} on "
-                 f"{dataset_label(dataset)}{suffix}", fontsize=11)
+    ax.set_title(_title_for(figure, f"Which hyperparameters matter? {model_label(model)} on "
+                            f"{dataset_label(dataset)}{suffix}", 11), fontsize=11)
     return _save(figure, stem)
 
 
 # ----------------------------------------------------------------------------- sensitivity
-def _running_median(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Running median of y over a window of ranks of x (window ~ n/8, at least 5 points)."""
+def rank_lowess(x, y, *, frac: float = 0.3, n_points: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed trend of y against x: local linear regression (LOWESS, no robustness
+    iterations) on the ranks of x, with tricube weights over the nearest ``frac``
+    of the points (ties share their mean rank). Returns (x, trend at x): x the
+    distinct values when there are at most ``n_points``, else ``n_points``
+    evenly spaced ranks.
+
+    Working on ranks makes the bandwidth adapt to how the values are spread
+    (log-uniform draws, clustered optimiser proposals) and keeps single
+    extreme values from dragging the line. Both arrays have shape (m,), m <= n_points.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
     order = np.argsort(x, kind="stable")
     xs, ys = x[order], y[order]
     n = len(xs)
-    half = max(2, int(round(n / 16)))
-    smoothed = np.array([np.median(ys[max(0, i - half): i + half + 1]) for i in range(n)])
-    return xs, smoothed
+    ranks = rankdata(xs, method="average") - 1.0  # tied values share their mean rank
+    unique_x, first = np.unique(xs, return_index=True)
+    if len(unique_x) <= n_points:
+        where, where_x = ranks[first], unique_x
+    else:
+        where = np.linspace(0, n - 1, n_points)
+        where_x = np.interp(where, ranks, xs)
+    half_width = max(frac * n / 2, 2.0)
+    distance = np.abs(where[:, None] - ranks[None, :]) / (half_width + 1.0)
+    weights = np.clip(1.0 - distance**3, 0.0, None) ** 3  # (m, n) tricube
+    total = weights.sum(axis=1)
+    mean_r = weights @ ranks / total
+    mean_y = weights @ ys / total
+    dr = ranks[None, :] - mean_r[:, None]
+    slope_den = (weights * dr**2).sum(axis=1)
+    slope = np.where(slope_den > 0, (weights * dr * (ys[None, :] - mean_y[:, None])).sum(axis=1)
+                     / np.where(slope_den > 0, slope_den, 1.0), 0.0)
+    trend = mean_y + slope * (where - mean_r)
+    return where_x, trend
+
+
+def _padded(low: float, high: float, *, log: bool, pad: float = 0.04) -> tuple[float, float]:
+    """Axis limits a little wider than [low, high] so points on the bounds stay visible."""
+    if log and low > 0:
+        span = np.log10(high) - np.log10(low)
+        return 10 ** (np.log10(low) - pad * span), 10 ** (np.log10(high) + pad * span)
+    span = (high - low) or 1.0
+    return low - pad * span, high + pad * span
 
 
 def _is_discrete(distribution: BaseDistribution) -> bool:
@@ -423,8 +470,8 @@ def plot_sensitivity(
 
     Uses the valid trials of ``sampler`` (default ``random``: an unbiased sample
     of the space). Continuous and wide integer parameters: scatter of
-    (value, accuracy) with a running median over ranks of the value (black line;
-    log x-axis for log-scale parameters). Booleans, categoricals and integers
+    (value, accuracy) with a smoothed trend (black line: :func:`rank_lowess`, a
+    local linear fit on the ranks of the value; log x-axis for log-scale parameters). Booleans, categoricals and integers
     with at most 8 values: a box per value with every trial as a dot.
     Raises ``ValueError`` for several (dataset, model) or no trials.
     """
@@ -483,12 +530,14 @@ def plot_sensitivity(
             keep = np.isfinite(x)
             ax.scatter(x[keep], accuracy[keep], s=8, color=color, alpha=0.55, linewidths=0)
             if keep.sum() >= 5:
-                xs, smoothed = _running_median(x[keep], accuracy[keep])
+                xs, smoothed = rank_lowess(x[keep], accuracy[keep])
                 ax.plot(xs, smoothed, color="black", linewidth=1.5)
             if getattr(distribution, "log", False):
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
             if isinstance(distribution, (FloatDistribution, IntDistribution)):
-                ax.set_xlim(distribution.low, distribution.high)
+                ax.set_xlim(*_padded(distribution.low, distribution.high,
+                                     log=getattr(distribution, "log", False)))
             ax.tick_params(axis="x", labelsize=7.5)
         scale = " (log scale)" if getattr(distribution, "log", False) else ""
         ax.set_title(f"{name}{scale}", fontsize=9.5)
@@ -499,10 +548,11 @@ def plot_sensitivity(
             ax.set_ylabel(ACCURACY_LABEL, fontsize=9)
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
-    figure.suptitle(
+    figure.suptitle(_title_for(
+        figure,
         f"Accuracy against each hyperparameter: {model_label(model)} on {dataset_label(dataset)} "
         f"({len(frame)} {SAMPLER_LABELS.get(sampler, sampler)} configurations; "
-        "line = running median, dotted = chance; x: parameter value)",
-        fontsize=11,
+        "black line = smoothed trend (LOWESS on ranks), dotted = chance)",
+        11), fontsize=11,
     )
     return _save(figure, stem)

@@ -2,18 +2,6 @@
 # comparison. Importance and sensitivity use only the random-sampler trials
 # (the unbiased sample of the search space).
 
-REFERENCE = config.get("reference_logs") or None
-REF_ARG = f"--reference '{REFERENCE}'" if REFERENCE else ""
-REPEAT_FILES = (
-    expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
-    if REPEATS > 0
-    else []
-)
-
-
-def _repeats_arg(files):
-    return ("--repeats " + " ".join(files)) if files else ""
-
 
 rule summary:
     """Per (dataset, model, sampler): distribution of accuracies and robustness metrics."""
@@ -31,6 +19,8 @@ rule summary:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus summarize --trials {input.trials} {params.repeats} {params.ref} --out {output} > {log} 2>&1"
 
@@ -53,6 +43,8 @@ rule figure_robustness:
     resources:
         mem_mb=1500,
         runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus figure robustness --trials {input.trials} {params.repeats} {params.ref} "
         "--sampler {wildcards.sampler} --out {params.stem} > {log} 2>&1"
@@ -67,9 +59,13 @@ rule figure_robustness_main:
         png=report(f"{RESULTS}/figures/robustness.png", caption="../report/robustness.rst",
                    category="Robustness", labels={"figure": "robustness", "sampler": "main"}),
         pdf=f"{RESULTS}/figures/robustness.pdf",
+    log:
+        f"{LOGS}/figures/robustness.log",
     localrule: True
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
-        "cp {input.png} {output.png} && cp {input.pdf} {output.pdf}"
+        "(cp {input.png} {output.png} && cp {input.pdf} {output.pdf}) > {log} 2>&1"
 
 
 rule figure_learns:
@@ -87,6 +83,8 @@ rule figure_learns:
     resources:
         mem_mb=1500,
         runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus figure learns --trials {input} --out {params.stem} > {log} 2>&1"
 
@@ -112,6 +110,8 @@ rule importance:
     resources:
         mem_mb=1500,
         runtime=20,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus importance --trials {input} --model {wildcards.model} --options '{params.options}' "
         "--seed {params.seed} --out-csv {output.csv} --out-figure {params.stem} > {log} 2>&1"
@@ -134,6 +134,8 @@ rule sensitivity:
     resources:
         mem_mb=1500,
         runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus sensitivity --trials {input} --model {wildcards.model} --options '{params.options}' "
         "--out {params.stem} > {log} 2>&1"
@@ -153,5 +155,7 @@ rule comparison:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus compare --trials {input} --sampler random --seed {params.seed} --out {output} > {log} 2>&1"

@@ -97,3 +97,27 @@ def all_targets():
     if REPEATS > 0:
         targets += expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
     return targets
+
+
+def raw_inputs(wildcards):
+    from bioplaus.datasets import dataset_info, locate_files
+
+    if dataset_info(wildcards.dataset).embedded:
+        return []
+    found = locate_files(wildcards.dataset, DATA_DIR)
+    if found:
+        return sorted(str(p) for p in found.values())
+    return [f"{DATA_DIR}/{wildcards.dataset}/.verified"]
+
+
+REFERENCE = config.get("reference_logs") or None
+REF_ARG = f"--reference '{REFERENCE}'" if REFERENCE else ""
+REPEAT_FILES = (
+    expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
+    if REPEATS > 0
+    else []
+)
+
+
+def _repeats_arg(files):
+    return ("--repeats " + " ".join(files)) if files else ""

@@ -4,28 +4,21 @@
 # memory-mappable array that every study job shares.
 
 
-def raw_inputs(wildcards):
-    from bioplaus.datasets import dataset_info, locate_files
-
-    if dataset_info(wildcards.dataset).embedded:
-        return []
-    found = locate_files(wildcards.dataset, DATA_DIR)
-    if found:
-        return sorted(str(p) for p in found.values())
-    return [f"{DATA_DIR}/{wildcards.dataset}/.verified"]
-
-
 rule download_data:
     """Fetch a dataset's canonical files and verify their checksums."""
     output:
         touch(f"{DATA_DIR}/{{dataset}}/.verified"),
+    params:
+        data_dir=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     resources:
         mem_mb=500,
         runtime=60,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
-        "bioplaus download {wildcards.dataset} --data-dir {DATA_DIR} > {log} 2>&1"
+        "bioplaus download {wildcards.dataset} --data-dir {params.data_dir} > {log} 2>&1"
 
 
 rule prepare_data:
@@ -40,6 +33,7 @@ rule prepare_data:
         max_samples=lambda w: dataset_opts(w.dataset).get("max_samples") or "",
         seed=config.get("seed", 1),
         outdir=lambda w, output: os.path.dirname(output.meta),
+        data_dir=DATA_DIR,
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
@@ -47,8 +41,10 @@ rule prepare_data:
     resources:
         mem_mb=lambda w: 3 * _DATASET_MB.get(w.dataset, 1000) + 500,
         runtime=30,
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
-        "bioplaus prepare {wildcards.dataset} --out {params.outdir} --data-dir {DATA_DIR} "
+        "bioplaus prepare {wildcards.dataset} --out {params.outdir} --data-dir {params.data_dir} "
         "--seed {params.seed} "
         "$( [ -n '{params.max_samples}' ] && echo --max-samples {params.max_samples} ) "
         "> {log} 2>&1"

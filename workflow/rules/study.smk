@@ -33,6 +33,8 @@ if WORKERS == 1:
             f"{LOGS}/study/{{dataset}}_{{model}}_{{sampler}}.log",
         benchmark:
             f"{BENCH}/study/{{dataset}}_{{model}}_{{sampler}}.tsv"
+        conda:
+            "../envs/bioplaus.yaml"
         shell:
             "bioplaus study {params.args} {params.opt} --out {params.outdir} "
             "--threads {threads} > {log} 2>&1"
@@ -57,6 +59,8 @@ else:
             f"{LOGS}/study/{{dataset}}_{{model}}_{{sampler}}_worker{{worker}}.log",
         benchmark:
             f"{BENCH}/study/{{dataset}}_{{model}}_{{sampler}}_worker{{worker}}.tsv"
+        conda:
+            "../envs/bioplaus.yaml"
         shell:
             "bioplaus study {params.args} {params.opt} --out {params.outdir} "
             "--threads {threads} --worker-only > {log} 2>&1"
@@ -87,6 +91,8 @@ else:
             runtime=10,
         log:
             f"{LOGS}/study/{{dataset}}_{{model}}_{{sampler}}_gather.log",
+        conda:
+            "../envs/bioplaus.yaml"
         shell:
             "bioplaus export {params.args} {params.opt} --out {params.outdir} > {log} 2>&1"
 
@@ -116,6 +122,8 @@ rule repeats:
         f"{LOGS}/repeats/{{dataset}}_{{model}}.log",
     benchmark:
         f"{BENCH}/repeats/{{dataset}}_{{model}}.tsv"
+    conda:
+        "../envs/bioplaus.yaml"
     shell:
         "bioplaus repeats {params.args} --out {output} --repeats {params.repeats} "
         "--best {params.best} --threads {threads} > {log} 2>&1"

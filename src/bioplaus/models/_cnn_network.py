@@ -80,56 +80,107 @@ class ConvNet:
         return all(np.isfinite(a).all() for a in arrays)
 
     # -- passes -----------------------------------------------------------------
+    #
+    # A batch is processed as a list of *shards* (consecutive slices of its
+    # images) so that a thread pool can work on them in parallel; batch norm
+    # combines per-shard sums into whole-batch statistics, so the result does
+    # not depend on the number of shards. ``run(fn, items)`` maps ``fn`` over
+    # the shards (``map`` for one thread, an executor's ``map`` for several).
 
-    def forward_train(self, x, update_running=True):
-        """Logits ``(n, classes)`` of NHWC images ``x`` ``(n, h, w, c)`` with
-        batch statistics; returns ``(logits, caches)``. Updates the running
-        mean/variance (momentum ``bn_momentum``, unbiased variance) unless
-        ``update_running`` is false."""
+    def forward_train(self, x_shards, run=map, update_running=True):
+        """Logits ``(n, classes)`` with batch statistics.
+
+        x_shards: list of NHWC image arrays ``(n_i, h, w, c)`` (one per shard).
+        Returns ``(logits, cache)``. Updates the running mean/variance
+        (momentum ``bn_momentum``, unbiased variance) unless ``update_running``
+        is false.
+        """
         caches = []
-        m = self.bn_momentum
-        for i, w in enumerate(self.conv_weights):
-            z, conv_cache = L.conv_forward(x, w, self.stride, self.padding)
-            n, h, wd, f = z.shape
-            zn, mean, var, bn_cache = L.batchnorm_forward_train(
-                z.reshape(-1, f), self.bn_gammas[i], self.bn_betas[i], BN_EPS)
-            if update_running:
-                count = zn.shape[0]
-                unbiased = var * (count / max(count - 1, 1))
-                self.running_means[i] *= 1 - m
-                self.running_means[i] += m * mean
-                self.running_vars[i] *= 1 - m
-                self.running_vars[i] += m * unbiased
-            x, pool_cache = L.relu_pool_forward(zn.reshape(n, h, wd, f))
-            caches.append((conv_cache, bn_cache, pool_cache))
-        flat = x.reshape(x.shape[0], -1)
-        logits = L.linear_forward(flat, self.linear_weight, self.linear_bias)
-        return logits, (caches, flat, x.shape)
+        mom = self.bn_momentum
+        for i, weight in enumerate(self.conv_weights):
+            def conv(x, weight=weight):
+                z, conv_cache = L.conv_forward(x, weight, self.stride, self.padding)
+                z2 = z.reshape(-1, z.shape[-1])
+                return z, z2, conv_cache, L.column_sums(z2)
 
-    def backward(self, dlogits, cache):
-        """Gradients of the loss w.r.t. :meth:`parameters`, given dlogits ``(n, classes)``."""
-        caches, flat, last_shape = cache
+            convs = list(run(conv, x_shards))
+            count = sum(c[1].shape[0] for c in convs)
+            mean = sum(c[3] for c in convs) / count
+
+            centred = list(run(lambda c: L.batchnorm_centre(c[1], mean), convs))
+            var = sum(c[1] for c in centred) / count
+            gamma, beta = self.bn_gammas[i], self.bn_betas[i]
+
+            def normalise_pool(args):
+                (z, _, _, _), (cen, _) = args
+                y, bn_cache = L.batchnorm_scale(cen, var, gamma, beta, BN_EPS)
+                pooled, pool_cache = L.relu_pool_forward(y.reshape(z.shape))
+                return pooled, bn_cache, pool_cache
+
+            outs = list(run(normalise_pool, list(zip(convs, centred))))
+            if update_running:
+                unbiased = var * (count / max(count - 1, 1))
+                self.running_means[i] *= 1 - mom
+                self.running_means[i] += (mom * mean).astype(self.dtype)
+                self.running_vars[i] *= 1 - mom
+                self.running_vars[i] += (mom * unbiased).astype(self.dtype)
+            caches.append(([c[2] for c in convs], [o[1] for o in outs], [o[2] for o in outs], count))
+            x_shards = [o[0] for o in outs]
+        flats = [x.reshape(x.shape[0], -1) for x in x_shards]
+        logits = L.linear_forward(np.concatenate(flats) if len(flats) > 1 else flats[0],
+                                  self.linear_weight, self.linear_bias)
+        return logits, (caches, flats, [x.shape for x in x_shards])
+
+    def backward(self, dlogits, cache, run=map):
+        """Gradients of the loss w.r.t. :meth:`parameters`, given dlogits
+        ``(n, classes)`` and the cache of :meth:`forward_train`."""
+        caches, flats, last_shapes = cache
+        flat = np.concatenate(flats) if len(flats) > 1 else flats[0]
         dflat, dlin_w, dlin_b = L.linear_backward(dlogits, flat, self.linear_weight)
-        dx = dflat.reshape(last_shape)
+        bounds = np.cumsum([0] + [s[0] for s in last_shapes])
+        dx_shards = [dflat[a:b].reshape(shape)
+                     for a, b, shape in zip(bounds[:-1], bounds[1:], last_shapes)]
         grads = [dlin_w, dlin_b]
         for i in range(len(self.conv_weights) - 1, -1, -1):
-            conv_cache, bn_cache, pool_cache = caches[i]
-            dz = L.relu_pool_backward(dx, pool_cache)
-            f = dz.shape[-1]
-            dzn, dgamma, dbeta = L.batchnorm_backward(dz.reshape(-1, f), bn_cache)
-            dx, dw = L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=i > 0)
-            grads = [dw, dgamma, dbeta] + grads
+            conv_caches, bn_caches, pool_caches, count = caches[i]
+
+            def pool_back(args):
+                dx, bn_cache, pool_cache = args
+                dz = L.relu_pool_backward(dx, pool_cache)
+                dz2 = dz.reshape(-1, dz.shape[-1])
+                return dz, dz2, L.batchnorm_backward_sums(dz2, bn_cache)
+
+            pooled = list(run(pool_back, list(zip(dx_shards, bn_caches, pool_caches))))
+            dgamma = sum(p[2][0] for p in pooled)
+            dbeta = sum(p[2][1] for p in pooled)
+            need_dx = i > 0
+
+            def conv_back(args):
+                (dz, dz2, _), bn_cache, conv_cache = args
+                dzn = L.batchnorm_backward_dx(dz2, bn_cache, dgamma, dbeta, count)
+                return L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=need_dx)
+
+            backs = list(run(conv_back, list(zip(pooled, bn_caches, conv_caches))))
+            dweight = sum(b[1] for b in backs)
+            dx_shards = [b[0] for b in backs]
+            grads = [dweight, dgamma, dbeta] + grads
         return grads
 
-    def forward_eval(self, x):
-        """Logits ``(n, classes)`` of NHWC images with the running statistics."""
-        for i, w in enumerate(self.conv_weights):
-            z, _ = L.conv_forward(x, w, self.stride, self.padding)
-            n, h, wd, f = z.shape
-            zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i], self.bn_betas[i],
-                                          self.running_means[i], self.running_vars[i], BN_EPS)
-            x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
-        return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight, self.linear_bias)
+    def forward_eval(self, x_shards, run=map):
+        """Logits ``(n, classes)`` of NHWC image shards with the running statistics."""
+        def one(x):
+            for i, weight in enumerate(self.conv_weights):
+                z, _ = L.conv_forward(x, weight, self.stride, self.padding)
+                n, h, wd, f = z.shape
+                zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i],
+                                              self.bn_betas[i], self.running_means[i],
+                                              self.running_vars[i], BN_EPS)
+                x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
+            return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight,
+                                    self.linear_bias)
+
+        outs = list(run(one, x_shards))
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
 class Adam:

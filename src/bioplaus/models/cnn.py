@@ -24,7 +24,10 @@ declared ``input_shape`` (flat rows without ``input_shape`` are read as
 from __future__ import annotations
 
 import numbers
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 from optuna.distributions import FloatDistribution, IntDistribution
@@ -32,6 +35,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import ThreadpoolController
 
 from bioplaus.errors import ConfigError, InvalidConfigurationError
 from bioplaus.models._cnn_layers import softmax, softmax_cross_entropy
@@ -108,8 +112,40 @@ def check_params(params, input_shape):
 
 
 # ---------------------------------------------------------------------------
-# estimator
+# helpers
 # ---------------------------------------------------------------------------
+
+_CONTROLLER = None
+
+
+@contextmanager
+def _workers(n_jobs):
+    """``(run, split)`` for ``n_jobs`` threads: ``run(fn, items)`` maps over
+    shards (serially for one thread), ``split(x)`` cuts a batch into consecutive
+    shards. BLAS is limited to one thread meanwhile."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    if n_jobs is None:
+        n_threads = 1
+    elif n_jobs == -1:
+        n_threads = os.cpu_count() or 1
+    else:
+        n_threads = int(n_jobs)
+
+    def split(x):
+        parts = min(n_threads, x.shape[0])
+        if parts <= 1:
+            return [x]
+        bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
+        return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    with _CONTROLLER.limit(limits=1, user_api="blas"):
+        if n_threads <= 1:
+            yield map, split
+        else:
+            with ThreadPoolExecutor(max_workers=n_threads) as pool:
+                yield pool.map, split
 
 
 def _per_block(value, n_blocks, name):
@@ -127,9 +163,17 @@ def _per_block(value, n_blocks, name):
                 f"{name}={value!r} has {len(values)} entries but n_blocks={n_blocks}")
         values = values[:n_blocks]
     for v in values:
-        if not isinstance(v, numbers.Integral) or v < 1:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
             raise InvalidConfigurationError(f"{name} entries must be positive ints, got {value!r}")
     return tuple(int(v) for v in values)
+
+
+_IGNORE_FP = dict(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+
+# ---------------------------------------------------------------------------
+# estimator
+# ---------------------------------------------------------------------------
 
 
 class CNNClassifier(ClassifierMixin, BaseEstimator):
@@ -153,19 +197,23 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     shuffle : bool, reshuffle the rows every epoch in :meth:`fit`.
     random_state : int, RandomState or None; initial weights and shuffling.
     predict_batch_size : int, images per forward pass at prediction (memory bound).
+    n_jobs : int or None, threads that share each batch (None: 1; -1: all
+        cores). BLAS is held to one thread per worker during fit/predict, since
+        OpenBLAS's own threads slow down the CNN's tall, narrow products.
 
     Fitted attributes
     -----------------
     classes_, n_features_in_, input_shape_ (c, h, w), feature_shapes_ (per block
     (h, w, channels) after pooling), network_ (weights), n_iter_ (passes over
-    data), t_ (Adam steps), loss_ (mean loss of the last pass), loss_curve_,
-    diverged_ (NaN/inf met: training stopped, predictions at chance),
-    fit_seconds_.
+    data), t_ (Adam steps), loss_ (mean loss of the last pass; inf once
+    diverged), loss_curve_, diverged_ (NaN/inf met: training stopped,
+    predictions at chance), fit_seconds_.
     """
 
     def __init__(self, n_blocks=2, channels=(16, 32), kernel_sizes=(5, 5), stride=1, padding=2,
                  batch_size=100, learning_rate=1e-3, epochs=10, input_shape=None,
-                 bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=1000):
+                 bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=1000,
+                 n_jobs=None):
         self.n_blocks = n_blocks
         self.channels = channels
         self.kernel_sizes = kernel_sizes
@@ -179,30 +227,36 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.shuffle = shuffle
         self.random_state = random_state
         self.predict_batch_size = predict_batch_size
+        self.n_jobs = n_jobs
 
     # -- validation -----------------------------------------------------------
 
     def _check_hyperparameters(self):
         """Validated ``(channels, kernel_sizes)`` tuples; raises
         InvalidConfigurationError naming the offending parameter."""
-        def positive_int(name, minimum=1):
+        def int_at_least(name, minimum=1):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
                 raise InvalidConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
             return int(value)
 
-        n_blocks = positive_int("n_blocks")
-        positive_int("stride")
-        positive_int("padding", minimum=0)
-        positive_int("batch_size")
-        positive_int("epochs", minimum=0)
-        positive_int("predict_batch_size")
+        n_blocks = int_at_least("n_blocks")
+        int_at_least("stride")
+        int_at_least("padding", minimum=0)
+        int_at_least("batch_size")
+        int_at_least("epochs", minimum=0)
+        int_at_least("predict_batch_size")
         lr = self.learning_rate
         if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
             raise InvalidConfigurationError(f"learning_rate must be a positive float, got {lr!r}")
         mom = self.bn_momentum
         if not isinstance(mom, numbers.Real) or not 0 <= mom <= 1:
             raise InvalidConfigurationError(f"bn_momentum must be in [0, 1], got {mom!r}")
+        n_jobs = self.n_jobs
+        if n_jobs is not None and (not isinstance(n_jobs, numbers.Integral) or n_jobs == 0
+                                   or n_jobs < -1):
+            raise InvalidConfigurationError(f"n_jobs must be None, -1 or a positive int, "
+                                            f"got {n_jobs!r}")
         channels = _per_block(self.channels, n_blocks, "channels")
         kernels = _per_block(self.kernel_sizes, n_blocks, "kernel_sizes")
         return channels, kernels
@@ -221,14 +275,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return shape
 
     def _validate_input(self, X, y=None, reset=True):
-        """Validated float32 images ``(n, c, h, w)`` (a view when possible), and y."""
+        """Validated float32 images ``(n, c, h, w)`` (a view when possible),
+        their shape ``(c, h, w)``, and y."""
         declared = self._declared_shape()
         image_shape = None
         if hasattr(X, "shape") and len(X.shape) > 2:
             X = np.asarray(X)
-            image_shape = (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
             if X.ndim > 4:
                 raise ValueError(f"expected images (n, c, h, w), got an array of shape {X.shape}")
+            image_shape = (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
             X = X.reshape(X.shape[0], -1)
         kwargs = dict(reset=reset, dtype=np.float32, order="C")
         if y is None:
@@ -237,10 +292,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             X, y = validate_data(self, X, y, **kwargs)
         n_features = X.shape[1]
         if image_shape is None:
-            if reset:
-                image_shape = declared or (1, 1, n_features)
-            else:
-                image_shape = self.input_shape_
+            image_shape = (declared or (1, 1, n_features)) if reset else self.input_shape_
         if declared is not None and image_shape != declared:
             raise ValueError(f"images of shape {image_shape} do not match input_shape={declared}")
         if int(np.prod(image_shape)) != n_features:
@@ -270,8 +322,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.fit_seconds_ = 0.0
 
     def _encode(self, y):
-        index = np.searchsorted(self.classes_, y)
-        index = np.clip(index, 0, len(self.classes_) - 1)
+        """Indices ``(n,)`` of the labels y in ``classes_``."""
+        index = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
         if not np.array_equal(self.classes_[index], y):
             unknown = np.setdiff1d(np.unique(y), self.classes_)
             raise ValueError(f"labels {unknown.tolist()} are not in classes {self.classes_.tolist()}")
@@ -288,25 +340,27 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         bs = int(self.batch_size)
         lr = float(self.learning_rate)
         total, count = 0.0, 0
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, bs):
                 rows = slice(start, start + bs) if order is None else order[start:start + bs]
                 xb = images[rows].transpose(0, 2, 3, 1)  # NHWC view (a copy for index rows)
                 yb = y_index[rows]
-                logits, cache = net.forward_train(xb)
+                logits, cache = net.forward_train(split(xb), run)
                 loss, dlogits = softmax_cross_entropy(logits, yb)
                 if not np.isfinite(loss):
                     self.diverged_ = True
                     break
-                opt.step(net.parameters(), net.backward(dlogits, cache), lr)
+                opt.step(net.parameters(), net.backward(dlogits, cache, run), lr)
                 total += loss * len(yb)
                 count += len(yb)
             if not self.diverged_ and not net.all_finite():
                 self.diverged_ = True
         self.t_ = opt.t
         self.n_iter_ += 1
-        self.loss_ = total / count if count and not self.diverged_ else (
-            np.inf if self.diverged_ else np.nan)
+        if self.diverged_:
+            self.loss_ = np.inf
+        else:
+            self.loss_ = total / count if count else np.nan
         self.loss_curve_.append(self.loss_)
         self.fit_seconds_ += time.perf_counter() - start_time
 
@@ -317,8 +371,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         images, image_shape, y = self._validate_input(X, y, reset=True)
         check_classification_targets(y)
         rng = check_random_state(self.random_state)
-        classes = np.unique(y)
-        self._initialise(image_shape, classes, channels, kernels, rng)
+        self._initialise(image_shape, np.unique(y), channels, kernels, rng)
         y_index = self._encode(y)
         for _ in range(int(self.epochs)):
             order = rng.permutation(len(y_index)) if self.shuffle else None
@@ -360,16 +413,17 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.diverged_ or n == 0:
             return proba
         step = int(self.predict_batch_size)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, step):
                 xb = images[start:start + step].transpose(0, 2, 3, 1)
-                p = softmax(self.network_.forward_eval(xb))
+                p = softmax(self.network_.forward_eval(split(xb), run))
                 ok = np.isfinite(p).all(axis=1)
                 proba[start:start + step][ok] = p[ok]
         return proba
 
     def predict(self, X):
         """Predicted labels ``(n,)`` (the most probable class)."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def __sklearn_tags__(self):
@@ -400,8 +454,8 @@ def search_space(options=None):
     return space
 
 
-#: options of ``model_options.cnn`` passed through to the estimator
-_OPTION_KEYS = ("bn_momentum", "predict_batch_size")
+#: keys of ``model_options.cnn`` passed through to the estimator
+_OPTION_KEYS = ("bn_momentum", "predict_batch_size", "n_jobs")
 
 
 def build(params, *, input_shape, n_classes, epochs, random_state, options=None):

@@ -1,0 +1,140 @@
+"""Speed and accuracy of the NumPy CNN (bioplaus.models.cnn).
+
+Speed (default): training and prediction images per second of the reference's
+default architecture (2 blocks, 16 and 32 channels, kernel 5, stride 1,
+padding 2) on 28x28 inputs at batch 100, with one thread and with all threads
+(``n_jobs``; BLAS is held to one thread per worker either way). Each figure is
+the median of ``--repeats`` timed passes; the machine is shared, so the CPU
+load average is printed with it. ``--profile`` adds a cProfile of one
+single-thread training pass.
+
+Evaluation (``--evaluate DATASET``): one 3-fold x 10-epoch cross-validated
+evaluation of the default configuration (stratified folds, train on 2/3,
+test on 1/3, ``fit`` with per-epoch shuffling), printing each fold's test
+accuracy and wall time, the mean accuracy and the total wall time.
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cnn.py
+    python benchmarks/cnn.py --evaluate fashion --evaluate mnist-5k
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+
+import numpy as np
+
+from bioplaus.models import CNNClassifier, get_model
+
+IMAGE_SHAPE = (1, 28, 28)
+
+
+def load_average():
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def default_model(n_jobs, **kwargs):
+    spec = get_model("cnn")
+    model = spec.build(spec.default_params, input_shape=IMAGE_SHAPE, n_classes=10, epochs=1,
+                       random_state=0, options={"n_jobs": n_jobs})
+    return model.set_params(**kwargs)
+
+
+def median_rate(n_images, fn, repeats):
+    """Median images per second of ``repeats`` calls of fn (plus CPU seconds per image)."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return n_images / np.median(walls), np.median(cpus) / n_images
+
+
+def speed(n_images, repeats, profile):
+    rng = np.random.default_rng(0)
+    X = rng.random((n_images, int(np.prod(IMAGE_SHAPE))), dtype=np.float32)
+    y = rng.integers(0, 10, n_images)
+    cores = os.cpu_count() or 1
+    print(f"default CNN, 28x28 inputs, batch 100, {n_images} images per timed pass, "
+          f"median of {repeats}; {cores} cores")
+    for n_jobs in sorted({1, cores}):
+        model = default_model(n_jobs)
+        model.partial_fit(X[:200], y[:200], classes=np.arange(10))  # warm-up, allocations
+        load = load_average()
+        train, train_cpu = median_rate(n_images, lambda: model.partial_fit(X, y), repeats)
+        model.predict(X[:200])
+        predict, predict_cpu = median_rate(n_images, lambda: model.predict(X), repeats)
+        print(f"threads={n_jobs}: train {train:7.0f} img/s ({train_cpu * 1e3:.2f} CPU ms/img), "
+              f"predict {predict:7.0f} img/s ({predict_cpu * 1e3:.2f} CPU ms/img), "
+              f"load average before {load:.2f}")
+    if profile:
+        model = default_model(1)
+        model.partial_fit(X[:200], y[:200], classes=np.arange(10))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        model.partial_fit(X, y)
+        profiler.disable()
+        print("\nprofile of one single-thread training pass (tottime):")
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(14)
+
+
+def evaluate(dataset, folds, epochs, n_jobs, seed):
+    from sklearn.model_selection import StratifiedKFold
+
+    from bioplaus.datasets import load_dataset
+
+    X, y = load_dataset(dataset)
+    shape = X.shape[1:]
+    X = X.reshape(len(X), -1)  # the pipeline's flat rows
+    spec = get_model("cnn")
+    print(f"{dataset}: {len(X)} images {shape}, {folds}-fold CV, {epochs} epochs, "
+          f"default CNN, threads={n_jobs}")
+    start = time.perf_counter()
+    accuracies = []
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (train, test) in enumerate(splitter.split(X, y)):
+        t0 = time.perf_counter()
+        model = spec.build(spec.default_params, input_shape=shape, n_classes=10, epochs=epochs,
+                           random_state=seed + fold, options={"n_jobs": n_jobs})
+        model.fit(X[train], y[train])
+        fit_s = time.perf_counter() - t0
+        accuracy = model.score(X[test], y[test])
+        accuracies.append(accuracy)
+        print(f"  fold {fold}: accuracy {accuracy:.4f}, train {fit_s:.0f} s "
+              f"({len(train) * epochs / fit_s:.0f} img/s), total {time.perf_counter() - t0:.0f} s, "
+              f"diverged={model.diverged_}, load average {load_average():.2f}", flush=True)
+    total = time.perf_counter() - start
+    print(f"{dataset}: mean accuracy {np.mean(accuracies):.4f} "
+          f"(folds {', '.join(f'{a:.4f}' for a in accuracies)}), wall time {total:.0f} s")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=3000, help="images per timed pass")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--evaluate", action="append", default=[], metavar="DATASET",
+                        help="run a cross-validated evaluation (e.g. fashion, mnist-5k) "
+                             "instead of the speed figures")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.evaluate:
+        for dataset in args.evaluate:
+            evaluate(dataset, args.folds, args.epochs, args.threads, args.seed)
+    else:
+        speed(args.images, args.repeats, args.profile)
+
+
+if __name__ == "__main__":
+    main()
