@@ -11,10 +11,12 @@ single-thread training pass.
 Evaluation (``--evaluate DATASET``): one 3-fold x 10-epoch cross-validated
 evaluation of the default configuration (stratified folds, train on 2/3,
 test on 1/3, ``fit`` with per-epoch shuffling), printing each fold's test
-accuracy and wall time, the mean accuracy and the total wall time.
+accuracy and wall time, the mean accuracy and the total wall time. Folds run
+one after the other with ``--threads`` threads each, or ``--fold-jobs`` at a
+time in separate processes (as the pipeline runs them).
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cnn.py
-    python benchmarks/cnn.py --evaluate fashion --evaluate mnist-5k
+    python benchmarks/cnn.py --evaluate mnist-5k --evaluate fashion --threads 1 --fold-jobs 2
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def speed(n_images, repeats, profile):
               f"predict {predict:7.0f} img/s ({predict_cpu * 1e3:.2f} CPU ms/img), "
               f"load average before {load:.2f}")
     if profile:
+        breakdown(repeats)
         model = default_model(1)
         model.partial_fit(X[:200], y[:200], classes=np.arange(10))
         profiler = cProfile.Profile()
@@ -86,7 +89,73 @@ def speed(n_images, repeats, profile):
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(14)
 
 
-def evaluate(dataset, folds, epochs, n_jobs, seed):
+def run_fold(X, y, shape, train, test, epochs, n_jobs, seed):
+    """Train the default CNN on rows ``train``, return (test accuracy, fit s, total s, diverged)."""
+    spec = get_model("cnn")  # imports the model module before the clock starts
+    t0 = time.perf_counter()
+    model = spec.build(spec.default_params, input_shape=shape, n_classes=10, epochs=epochs,
+                       random_state=seed, options={"n_jobs": n_jobs})
+    model.fit(X[train], y[train])
+    fit_s = time.perf_counter() - t0
+    accuracy = model.score(X[test], y[test])
+    return accuracy, fit_s, time.perf_counter() - t0, model.diverged_
+
+
+def breakdown(repeats):
+    """Median milliseconds of each step of one training batch (100 images,
+    28x28, default architecture), one thread: where the time goes."""
+    from threadpoolctl import threadpool_limits
+
+    from bioplaus.models import _cnn_layers as L
+
+    def ms(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(1):
+        x = rng.random((100, 28, 28, 1), dtype=np.float32)
+        for block, (c, f) in enumerate([(1, 16), (16, 32)], start=1):
+            weight = rng.standard_normal((5, 5, c, f)).astype(np.float32)
+            z, cache = L.conv_forward(x, weight, 1, 2)
+            cols = cache[0]
+            z2 = z.reshape(-1, f)
+            gamma, beta = np.ones(f, np.float32), np.zeros(f, np.float32)
+            y, _, _, bn_cache = L.batchnorm_forward_train(z2.copy(), gamma, beta, 1e-5)
+            pooled, pool_cache = L.relu_pool_forward(y.reshape(z.shape))
+            w2 = weight.reshape(-1, f)
+            rows += [
+                (block, "conv forward: pad + im2col copy + product",
+                 ms(lambda: L.conv_forward(x, weight, 1, 2))),
+                (block, "  of which the product", ms(lambda: cols @ w2)),
+                (block, "batch norm forward", ms(lambda: L.batchnorm_forward_train(
+                    z2.copy(), gamma, beta, 1e-5))),
+                (block, "ReLU + max pool forward", ms(lambda: L.relu_pool_forward(y.reshape(z.shape)))),
+                (block, "ReLU + max pool backward", ms(lambda: L.relu_pool_backward(pooled, pool_cache))),
+                (block, "batch norm backward", ms(lambda: L.batchnorm_backward(z2, bn_cache))),
+                (block, "conv backward: weight gradient product", ms(lambda: cols.T @ z2)),
+            ]
+            if block > 1:
+                rows.append((block, "conv backward: input gradient (k*k products + col2im adds)",
+                             ms(lambda: L.conv_backward(z, cache)) - ms(lambda: cols.T @ z2)))
+            x = pooled
+    total = sum(t for _, name, t in rows if not name.startswith("  "))
+    print("\nwhere the time of one training batch goes (100 images, one thread, ms):")
+    for block, name, t in rows:
+        share = "" if name.startswith("  ") else f"{100 * t / total:5.1f}%"
+        print(f"  block {block}  {name:<62s} {t:7.2f}  {share}")
+    print(f"  total of the steps above: {total:.1f} ms per batch -> {1e5 / total:.0f} img/s "
+          f"(plus linear layer, loss, Adam)")
+
+
+def evaluate(dataset, folds, epochs, n_jobs, fold_jobs, seed):
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     from bioplaus.datasets import load_dataset
@@ -94,23 +163,19 @@ def evaluate(dataset, folds, epochs, n_jobs, seed):
     X, y = load_dataset(dataset)
     shape = X.shape[1:]
     X = X.reshape(len(X), -1)  # the pipeline's flat rows
-    spec = get_model("cnn")
-    print(f"{dataset}: {len(X)} images {shape}, {folds}-fold CV, {epochs} epochs, "
-          f"default CNN, threads={n_jobs}")
+    print(f"{dataset}: {len(X)} images {shape}, {folds}-fold CV, {epochs} epochs, default CNN, "
+          f"{fold_jobs} fold(s) at a time x {n_jobs} thread(s)", flush=True)
     start = time.perf_counter()
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y))
+    results = Parallel(n_jobs=fold_jobs)(
+        delayed(run_fold)(X, y, shape, train, test, epochs, n_jobs, seed + fold)
+        for fold, (train, test) in enumerate(splits))
     accuracies = []
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (train, test) in enumerate(splitter.split(X, y)):
-        t0 = time.perf_counter()
-        model = spec.build(spec.default_params, input_shape=shape, n_classes=10, epochs=epochs,
-                           random_state=seed + fold, options={"n_jobs": n_jobs})
-        model.fit(X[train], y[train])
-        fit_s = time.perf_counter() - t0
-        accuracy = model.score(X[test], y[test])
+    for fold, ((train, _), (accuracy, fit_s, total_s, diverged)) in enumerate(zip(splits, results)):
         accuracies.append(accuracy)
         print(f"  fold {fold}: accuracy {accuracy:.4f}, train {fit_s:.0f} s "
-              f"({len(train) * epochs / fit_s:.0f} img/s), total {time.perf_counter() - t0:.0f} s, "
-              f"diverged={model.diverged_}, load average {load_average():.2f}", flush=True)
+              f"({len(train) * epochs / fit_s:.0f} img/s), with test {total_s:.0f} s, "
+              f"diverged={diverged}")
     total = time.perf_counter() - start
     print(f"{dataset}: mean accuracy {np.mean(accuracies):.4f} "
           f"(folds {', '.join(f'{a:.4f}' for a in accuracies)}), wall time {total:.0f} s")
@@ -126,12 +191,15 @@ def main(argv=None):
                              "instead of the speed figures")
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads per fold (n_jobs)")
+    parser.add_argument("--fold-jobs", type=int, default=1,
+                        help="folds trained at once in separate processes (as the pipeline)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.evaluate:
         for dataset in args.evaluate:
-            evaluate(dataset, args.folds, args.epochs, args.threads, args.seed)
+            evaluate(dataset, args.folds, args.epochs, args.threads, args.fold_jobs, args.seed)
     else:
         speed(args.images, args.repeats, args.profile)
 

@@ -55,6 +55,22 @@ def test_load_trials_fixes_dtypes_and_drops_unknown_columns(tmp_path):
     assert columns[-2:] == ["param_dt", "param_use_conductances"]
 
 
+def test_load_trials_keeps_booleans_across_models(tmp_path):
+    segdend = _trials([(0.5, {"param_use_conductances": True}),
+                       (0.6, {"param_use_conductances": False})])
+    mlp = _trials([(0.9, {"param_learning_rate": 0.01})], model="mlp")
+    empty_column = _trials([(0.8, {"param_use_conductances": None})], model="cnn")
+    paths = []
+    for name, frame in (("a", segdend), ("b", mlp), ("c", empty_column)):
+        paths.append(tmp_path / f"{name}.csv")
+        frame.to_csv(paths[-1], index=False)
+    trials = load_trials(paths)
+    assert str(trials["param_use_conductances"].dtype) == "boolean"
+    assert trials["param_use_conductances"].tolist()[:2] == [True, False]
+    assert trials["param_use_conductances"].isna().tolist() == [False, False, True, True]
+    assert trials["param_learning_rate"].dtype == np.float64
+
+
 def test_load_trials_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,model\nmnist,mlp\n")

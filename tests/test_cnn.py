@@ -116,8 +116,9 @@ def test_prediction_uses_running_statistics_not_the_batch(digits):
     model = small_cnn(epochs=2, predict_batch_size=7).fit(X_train, y_train)
     whole = model.predict_proba(X_test)
     np.testing.assert_allclose(model.predict_proba(X_test[:1]), whole[:1], rtol=1e-5, atol=1e-7)
-    model.set_params(predict_batch_size=1000)
-    np.testing.assert_allclose(model.predict_proba(X_test), whole, rtol=1e-5, atol=1e-7)
+    for size in (1000, None):
+        model.set_params(predict_batch_size=size)
+        np.testing.assert_allclose(model.predict_proba(X_test), whole, rtol=1e-5, atol=1e-7)
 
 
 def test_two_threads_match_one(digits):
@@ -289,4 +290,7 @@ def test_default_configuration_trains_from_flat_rows():
     model.partial_fit(X[:100], y[:100], classes=np.arange(10))
     model.partial_fit(X[100:], y[100:], classes=np.arange(10))
     assert model.t_ == 2 and model.feature_shapes_ == [(14, 14, 16), (7, 7, 32)]
+    # prediction chunks keep the largest im2col matrix (block 2: 14*14 positions
+    # x 5*5*16 entries, float32) within 64 MiB
+    assert model._predict_chunk() == (64 * 2**20) // (4 * 14 * 14 * 5 * 5 * 16)
     assert model.predict(X).shape == (120,)

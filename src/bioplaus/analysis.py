@@ -97,8 +97,15 @@ def _looks_boolean(column: pd.Series) -> bool:
     return values <= {"true", "false"}
 
 
-def _tidy(frame: pd.DataFrame, *, default_source: str = "ours") -> pd.DataFrame:
-    """Known columns only, in a fixed order, with fixed dtypes (does not modify ``frame``)."""
+def _tidy(
+    frame: pd.DataFrame, *, default_source: str = "ours", boolean_params: Iterable[str] = ()
+) -> pd.DataFrame:
+    """Known columns only, in a fixed order, with fixed dtypes (does not modify ``frame``).
+
+    ``boolean_params``: param columns known to be boolean (e.g. from one file)
+    even if concatenation turned them into floats/objects.
+    """
+    boolean_params = set(boolean_params)
     frame = frame.copy()
     if "source" not in frame.columns:
         frame["source"] = default_source
@@ -110,12 +117,14 @@ def _tidy(frame: pd.DataFrame, *, default_source: str = "ours") -> pd.DataFrame:
         else:
             frame[flag] = False
     if "message" in frame.columns:
-        frame["message"] = frame["message"].fillna("").astype(str)
+        frame["message"] = frame["message"].map(lambda v: "" if pd.isna(v) else str(v)).astype(str)
     for column in ("accuracy", "value", "fit_seconds", "duration_seconds", "chance"):
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     for column in frame.columns:
-        if column.startswith("param_") and _looks_boolean(frame[column]):
+        if column.startswith("param_") and (
+            column in boolean_params or _looks_boolean(frame[column])
+        ):
             frame[column] = _to_bool(frame[column], name=column, missing=None)
     base = [c for c in BASE_COLUMNS + ["repeat"] if c in frame.columns]
     folds = sorted(
@@ -152,7 +161,12 @@ def load_trials(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         raise ValueError("load_trials: no paths given")
-    return _tidy(pd.concat(frames, ignore_index=True, sort=False))
+    boolean_params = {
+        column for frame in frames for column in frame.columns
+        if column.startswith("param_") and not frame[column].dropna().empty
+        and _looks_boolean(frame[column])
+    }
+    return _tidy(pd.concat(frames, ignore_index=True, sort=False), boolean_params=boolean_params)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -205,7 +219,7 @@ def near_best(accuracy, best):
     return np.asarray(accuracy, dtype=float) >= bound
 
 
-def _noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
+def noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
     """Per (dataset, model): noise_sd, noise_sd_default, noise_sd_best from repeats rows.
 
     For each refitted setting (``source``: ``default``, ``best_gp``, ...) the
@@ -257,7 +271,7 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
     * ``median_fit_seconds`` (sum over folds) and ``median_duration_seconds``
       (trial wall time), over valid trials, NaN where not recorded.
     * with ``repeats``: ``noise_sd``, ``noise_sd_default``, ``noise_sd_best``
-      (see :func:`_noise_table`), attached to ``ours`` rows only (NaN for 2019 rows).
+      (see :func:`noise_table`), attached to ``ours`` rows only (NaN for 2019 rows).
     """
     frame = _prepare(trials)
     valid = valid_mask(frame)
@@ -314,7 +328,7 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
     table = pd.DataFrame(rows, columns=columns)
     table["best_number"] = table["best_number"].astype("Int64")
     if repeats is not None:
-        noise = _noise_table(repeats).drop(columns="n_repeats")
+        noise = noise_table(repeats).drop(columns="n_repeats")
         table = table.merge(noise, on=["dataset", "model"], how="left")
         not_ours = table["source"] != "ours"
         table.loc[not_ours, ["noise_sd", "noise_sd_default", "noise_sd_best"]] = np.nan
@@ -336,7 +350,7 @@ def learns_curve(trials: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
     for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
         acc = np.sort(group["accuracy"].to_numpy(dtype=np.float64))
         # count of acc >= a = n - (number of acc < a)
-        fraction = 1.0 - np.searchsorted(acc, grid, side="left") / len(acc)
+        fraction = 1.0 - np.searchsorted(acc, grid - THRESHOLD_TOLERANCE, side="left") / len(acc)
         for threshold, value in zip(grid, fraction):
             rows.append({**dict(zip(GROUP_COLUMNS, key)), "threshold": float(threshold),
                          "fraction": float(value), "n": len(acc)})
@@ -451,6 +465,8 @@ def importance(
         study.add_trials(built)
         # parameters that cannot vary (single-valued distributions) carry no information
         names = [n for n, d in model_space.items() if not d.single()]
+        if not names:
+            raise ValueError(f"importance for {model} on {dataset}: no parameter of the space varies")
         evaluators = {
             "fanova": FanovaImportanceEvaluator(seed=seed),
             "ped_anova": PedAnovaImportanceEvaluator(),

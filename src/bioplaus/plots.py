@@ -33,7 +33,7 @@ from optuna.distributions import (
 
 from bioplaus.analysis import (
     LEARNS_MARGIN,
-    _noise_table,
+    noise_table,
     _prepare,
     learns_curve,
     valid_mask,
@@ -65,7 +65,10 @@ _MAX_DISCRETE_BOXES = 8
 
 @dataclass(frozen=True)
 class SavedFigure:
-    """Paths of the written files and the (closed-for-drawing) Figure; iterates as (png, pdf)."""
+    """Paths of the written files and the Figure (no pyplot state: nothing to close).
+
+    Iterates as (png, pdf), so ``png, pdf = plot_...(...)`` works.
+    """
 
     png: Path
     pdf: Path
@@ -127,8 +130,11 @@ def _accuracy_limits(accuracies, chance: float) -> tuple[float, float]:
 
 def _valid_rows(trials: pd.DataFrame | None) -> pd.DataFrame:
     if trials is None or len(trials) == 0:
-        return pd.DataFrame(columns=["dataset", "model", "sampler", "source", "number", "accuracy", "chance"])
+        columns = ["dataset", "model", "sampler", "source", "number", "accuracy", "chance"]
+        return pd.DataFrame(columns=columns)
     frame = _prepare(trials)
+    if "number" not in frame.columns:  # trial order = row order within each run
+        frame["number"] = frame.groupby(["dataset", "model", "sampler", "source"]).cumcount()
     return frame[valid_mask(frame)]
 
 
@@ -175,13 +181,14 @@ def plot_robustness(
     if ours.empty and ref.empty:
         raise ValueError(f"plot_robustness: no valid trials of sampler {sampler!r} to draw")
     ours_label = _source_label(ours)
-    noise = _noise_table(repeats) if repeats is not None and len(repeats) else None
+    noise = noise_table(repeats) if repeats is not None and len(repeats) else None
 
     datasets = _ordered(list(ours["dataset"]) + list(ref["dataset"]), DATASET_ORDER)
     models = _ordered(list(ours["model"]) + list(ref["model"]), MODEL_ORDER)
     has_ref = not ref.empty
     figure = _figure(4.6 * len(datasets) + 0.6, 10.5)
     axes = figure.subplots(3, len(datasets), squeeze=False)
+    noise_handle = None
 
     for column, dataset in enumerate(datasets):
         ours_d = ours[ours["dataset"] == dataset]
@@ -244,9 +251,12 @@ def plot_robustness(
                 if not hatched and noise is not None:
                     match = noise[(noise["dataset"] == dataset) & (noise["model"] == model)]
                     if len(match) and np.isfinite(match["noise_sd"].iloc[0]):
-                        box_ax.errorbar(position, np.median(acc), yerr=match["noise_sd"].iloc[0],
-                                        color="black", capsize=5, linewidth=2.0, capthick=2.0,
-                                        zorder=4)
+                        # just left of the box, at the height of its median
+                        noise_handle = box_ax.errorbar(
+                            position - width / 2 - 0.06, np.median(acc),
+                            yerr=match["noise_sd"].iloc[0], color="black", marker="o",
+                            markersize=3, capsize=3, linewidth=1.5, capthick=1.5, zorder=4,
+                        )
             if drawn:
                 ticks.append(index)
                 tick_labels.append(_wrapped(model_label(model)))
@@ -274,9 +284,9 @@ def plot_robustness(
     if has_ref:
         handles.append(Line2D([], [], color="black", linestyle="--",
                               label="2019 study (GP), hatched boxes"))
-    if noise is not None:
-        handles.append(Line2D([], [], color="black", marker="_", markersize=12, linewidth=2,
-                              label="±1 SD over refits of one setting (seed noise)"))
+    if noise_handle is not None:
+        noise_handle.set_label("median ±1 SD over refits of one setting (seed noise)")
+        handles.append(noise_handle)
     handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
                   fontsize=9, frameon=False)
@@ -471,8 +481,9 @@ def plot_sensitivity(
     Uses the valid trials of ``sampler`` (default ``random``: an unbiased sample
     of the space). Continuous and wide integer parameters: scatter of
     (value, accuracy) with a smoothed trend (black line: :func:`rank_lowess`, a
-    local linear fit on the ranks of the value; log x-axis for log-scale parameters). Booleans, categoricals and integers
-    with at most 8 values: a box per value with every trial as a dot.
+    local linear fit on the ranks of the value; log x-axis for log-scale
+    parameters). Booleans, categoricals and integers with at most 8 values: a
+    box per value with every trial as a dot.
     Raises ``ValueError`` for several (dataset, model) or no trials.
     """
     frame = _valid_rows(trials_random)

@@ -758,7 +758,7 @@ class Simulator:
         sC = sigmoid(fwd["C"][-1])
         diff = tgt["lam_out"] - lam_max * sC
         E[-1] = -diff * (dt.type(cfg.k_D) * lam_max) * sC * (1 - sC)
-        loss = float(np.mean(np.sum(diff * diff, axis=1)))
+        loss = float(np.vdot(diff, diff)) / B
         alpha_f = [sigmoid(a) for a in fwd["A"]]
         for l in range(nL - 2, -1, -1):
             sC = sigmoid(fwd["C"][l])
@@ -773,14 +773,14 @@ class Simulator:
             for l in range(nL - 1):
                 sA = alpha_f[l]
                 E_inv[l] = -(lam_max * sigmoid(fwd["C"][l]) - sA) * sA * (1 - sA)
-        finite = all(np.isfinite(e).all() for e in E) and np.isfinite(loss)
+        finite = np.isfinite(loss) and all(np.isfinite(np.vdot(e, e)) for e in E[:-1])
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates
         for l in range(nL):
             scale = f_etas[l] * (cfg.P_final if l == nL - 1 else cfg.P_hidden)
             rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scale / B)
-            w.b[l] -= dt.type(scale) * E[l].mean(axis=0)
+            w.b[l] -= dt.type(scale) * (E[l][0] if B == 1 else E[l].mean(axis=0))
         if E_inv is not None:
             for l in range(nL - 1):
                 rank_update(w.YT[l], fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)
@@ -794,7 +794,7 @@ class Simulator:
                 noise = lambda shape: streams.normal(NOISY_SYMMETRIC_SD, shape)  # noqa: E731
             w.impose_symmetry(cfg, noise)
         st.reproject(w)
-        finite = all(np.isfinite(c).all() for c in st.C)
+        finite = bool(np.isfinite(st.sources[-1].rates.sum())) and bool(np.isfinite(w.b[0].sum()))
         return loss, finite
 
     # -- testing -----------------------------------------------------------

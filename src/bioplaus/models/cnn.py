@@ -168,6 +168,9 @@ def _per_block(value, n_blocks, name):
     return tuple(int(v) for v in values)
 
 
+#: bytes of im2col matrix per layer allowed at prediction (predict_batch_size=None)
+_PREDICT_BUDGET_BYTES = 64 * 2**20
+
 _IGNORE_FP = dict(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
 
@@ -196,7 +199,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         statistics used at prediction.
     shuffle : bool, reshuffle the rows every epoch in :meth:`fit`.
     random_state : int, RandomState or None; initial weights and shuffling.
-    predict_batch_size : int, images per forward pass at prediction (memory bound).
+    predict_batch_size : int or None, images per forward pass at prediction;
+        None: as many as keep each layer's im2col matrix within 64 MiB.
     n_jobs : int or None, threads that share each batch (None: 1; -1: all
         cores). BLAS is held to one thread per worker during fit/predict, since
         OpenBLAS's own threads slow down the CNN's tall, narrow products.
@@ -212,7 +216,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, n_blocks=2, channels=(16, 32), kernel_sizes=(5, 5), stride=1, padding=2,
                  batch_size=100, learning_rate=1e-3, epochs=10, input_shape=None,
-                 bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=1000,
+                 bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=None,
                  n_jobs=None):
         self.n_blocks = n_blocks
         self.channels = channels
@@ -245,7 +249,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         int_at_least("padding", minimum=0)
         int_at_least("batch_size")
         int_at_least("epochs", minimum=0)
-        int_at_least("predict_batch_size")
+        if self.predict_batch_size is not None:
+            int_at_least("predict_batch_size")
         lr = self.learning_rate
         if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
             raise InvalidConfigurationError(f"learning_rate must be a positive float, got {lr!r}")
@@ -412,7 +417,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         proba = np.full((n, k), 1.0 / k, dtype=np.float64)
         if self.diverged_ or n == 0:
             return proba
-        step = int(self.predict_batch_size)
+        step = self._predict_chunk()
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, step):
                 xb = images[start:start + step].transpose(0, 2, 3, 1)
@@ -420,6 +425,21 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 ok = np.isfinite(p).all(axis=1)
                 proba[start:start + step][ok] = p[ok]
         return proba
+
+    def _predict_chunk(self):
+        """Images per forward pass at prediction (see ``predict_batch_size``)."""
+        if self.predict_batch_size is not None:
+            return int(self.predict_batch_size)
+        net = self.network_
+        c, h, w = self.input_shape_
+        largest = 1  # im2col entries per image, largest layer
+        for weight, (ph, pw, f) in zip(net.conv_weights, self.feature_shapes_):
+            k = weight.shape[0]
+            ho = (h + 2 * net.padding - k) // net.stride + 1
+            wo = (w + 2 * net.padding - k) // net.stride + 1
+            largest = max(largest, ho * wo * k * k * c)
+            c, h, w = f, ph, pw
+        return int(np.clip(_PREDICT_BUDGET_BYTES // (4 * largest), 1, 4096))
 
     def predict(self, X):
         """Predicted labels ``(n,)`` (the most probable class)."""

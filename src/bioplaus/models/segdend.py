@@ -256,8 +256,10 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 self._state.reproject(self._weights)
             self.n_examples_seen_ += nb
             self.loss_curve_.append(loss)
-            if not finite or not self._weights.all_finite():
+            if not finite:
                 self.diverged_ = True
+        if not self.diverged_ and not self._weights.all_finite():
+            self.diverged_ = True
 
     def _check_structure(self, cfg, dtype):
         new = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)
