@@ -99,3 +99,20 @@ def test_mlp_results_do_not_depend_on_parallel_folds(prepared_digits):
     assert serial.accuracy > 0.6
     other = evaluate("mlp", params, data.X, data.y, n_jobs=1, **{**kw, "init_seed": 6})
     assert [f.accuracy for f in other.folds] != [f.accuracy for f in serial.folds]
+
+
+@pytest.mark.parametrize("model,params", [
+    ("mlp", {"batch_size": 32, "learning_rate": 0.01, "num_layers": 1, **{f"h_l_{i}": 30 for i in range(1, 7)}}),
+    ("cnn", {"batch_size": 25, "learning_rate": 0.01, "num_layers": 1, "stride": 1, "padding": 1,
+             **{f"ch_{i}": 4 for i in range(1, 6)}, **{f"k_{i}": 3 for i in range(1, 6)}}),
+])
+def test_chunking_never_changes_what_is_learnt(prepared_digits, model, params):
+    """Chunk sizes adapt to measured speed; whole-batch chunks make that invisible in the results."""
+    from bioplaus.data_cache import load_prepared
+
+    data = load_prepared(prepared_digits)
+    kw = dict(input_shape=data.input_shape, n_folds=2, epochs=2, split_seed=1, init_seed=2)
+    small = evaluate(model, params, data.X, data.y, chunk_rows=40, **kw)
+    large = evaluate(model, params, data.X, data.y, chunk_rows=4096, **kw)
+    assert [f.accuracy for f in small.folds] == [f.accuracy for f in large.folds]
+    assert small.accuracy > 0.3

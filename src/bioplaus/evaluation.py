@@ -37,8 +37,11 @@ from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.registry import get_model
 from bioplaus.seeding import INIT, SPLIT, derive_seed
 
-#: rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
+#: largest number of rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
 DEFAULT_CHUNK_ROWS = 4096
+#: wall seconds a chunk should take: chunks start at one batch and grow to this,
+#: so that the time limit is checked often even for slow models
+CHUNK_SECONDS = 2.0
 #: rows per ``predict`` call when testing (bounds the memory of a test pass)
 PREDICT_CHUNK_ROWS = 8192
 
@@ -155,12 +158,16 @@ def _looks_numerical(exc: BaseException) -> bool:
     return any(w in text for w in ("nan", "non-finite", "infinity", "inf ", "overflow"))
 
 
-def _chunk_rows(est, chunk_rows: int) -> int:
+def _batch_size(est) -> int:
     try:
-        batch = int(est.get_params().get("batch_size") or 1)
+        return max(1, int(est.get_params().get("batch_size") or 1))
     except (TypeError, ValueError):
-        batch = 1
-    batch = max(1, batch)
+        return 1
+
+
+def _chunk_rows(est, chunk_rows: int) -> int:
+    """``chunk_rows`` rounded up to whole mini-batches of ``est`` (chunking then never changes the batches)."""
+    batch = _batch_size(est)
     return max(batch, int(math.ceil(chunk_rows / batch)) * batch)
 
 
@@ -210,17 +217,26 @@ def run_fold(
                 options=dict(options or {}),
             )
             rng = np.random.default_rng(seed)
-            chunk = _chunk_rows(est, chunk_rows)
+            max_chunk = _chunk_rows(est, chunk_rows)
+            chunk = _chunk_rows(est, min(chunk_rows, 64))
+            target = CHUNK_SECONDS if time_limit is None else min(CHUNK_SECONDS, max(0.05, time_limit / 10))
             n_train = len(train_idx)
             t0 = time.perf_counter()
             stop = False
             with np.errstate(all="ignore"):
                 for epoch in range(int(epochs)):
                     order = train_idx[rng.permutation(n_train)]
-                    for start in range(0, n_train, chunk):
+                    start = 0
+                    while start < n_train:
                         part = order[start : start + chunk]
+                        t_chunk = time.perf_counter()
                         est.partial_fit(X[part], y[part], classes=classes)
-                        res.epochs_completed = epoch + min(n_train, start + chunk) / n_train
+                        per_row = (time.perf_counter() - t_chunk) / len(part)
+                        start += len(part)
+                        # chunk boundaries fall on whole mini-batches, so adapting them to
+                        # the measured speed never changes what is learnt
+                        chunk = min(max_chunk, _chunk_rows(est, int(target / max(per_row, 1e-9))))
+                        res.epochs_completed = epoch + start / n_train
                         if _is_diverged(est):
                             res.diverged, stop = True, True
                             res.message = f"diverged (non-finite values) in epoch {epoch + 1}"

@@ -41,8 +41,8 @@ def conv_forward(x, weight, stride, padding):
 
     x: ``(n, h, w, c)``; weight: ``(k, k, c, f)``; returns ``(out, cache)``
     with out ``(n, ho, wo, f)``, ``ho = (h + 2p - k) // s + 1``.
-    The im2col matrix ``(n*ho*wo, k*k*c)`` is kept in the cache for the
-    backward pass.
+    The im2col matrix ``(n*ho*wo, k*k*c)`` (columns ordered kernel row,
+    kernel column, channel) is kept in the cache for the backward pass.
     """
     n, h, w, c = x.shape
     k, _, _, f = weight.shape

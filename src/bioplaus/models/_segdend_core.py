@@ -81,30 +81,30 @@ def weight_optimization_stats(N, lambda_max):
 def poisson_from_uniform(lam, u, p=None):
     """Poisson counts of mean ``lam`` by inverse CDF of uniforms ``u`` (same shape).
 
-    Exact (no truncation): count = number of CDF values ``F(k) < u``.
+    Exact (no truncation): count = number of CDF values ``F(k) < u``, with
+    ``F(0) = exp(-lam)``, ``F(k) = F(k-1) + exp(-lam) lam^k / k!``.
     Non-positive rates give 0. ``p`` = ``exp(-lam)`` if already known.
-    Returns an array of ``lam``'s dtype.
+    Returns an array of ``lam``'s dtype. Vectorised for counts 0 and 1; the
+    rare larger counts (probability < 2% per draw at lam <= 0.2) in Python.
     """
     if p is None:
         lam = np.maximum(lam, 0)
         p = np.exp(-lam)
-    counts = (u > p).astype(lam.dtype)  # F(0) = exp(-lam)
-    idx = np.flatnonzero(counts)
+    counts = np.greater(u, p).astype(lam.dtype)
+    flat = counts.reshape(-1)
+    idx = flat.nonzero()[0]
     if idx.size:
-        flat_u, flat_lam = u.reshape(-1)[idx], lam.reshape(-1)[idx]
-        term = p.reshape(-1)[idx]
-        cdf = term.copy()
-        k = 0
-        live = np.arange(idx.size)
-        extra = np.zeros(idx.size, dtype=lam.dtype)
-        while live.size:
-            k += 1
-            term = term * flat_lam[live] / k
-            cdf = cdf + term
-            more = flat_u[live] > cdf
-            live, term, cdf = live[more], term[more], cdf[more]
-            extra[live] += 1
-        counts.reshape(-1)[idx] += extra
+        uf, pf, lf = u.reshape(-1)[idx], p.reshape(-1)[idx], lam.reshape(-1)[idx]
+        term = pf * lf
+        cdf = pf + term
+        more = (uf > cdf).nonzero()[0]
+        for j in more:
+            tj, cj, lj, uj, k = term[j], cdf[j], lf[j], uf[j], 1
+            while uj > cj:
+                k += 1
+                tj = tj * lj / k
+                cj = cj + tj
+            flat[idx[j]] = k
     return counts
 
 
@@ -290,6 +290,7 @@ class Weights:
                 Y = centred((n, n_src))
                 c[l] = centred(n)
             YT[l] = np.ascontiguousarray(Y.T)
+        for l in range(L - 1):  # masks drawn after all weights (the reference's order)
             if cfg.use_sparse_feedback:
                 mask = np.ones(YT[l].size)
                 mask[rng.choice(YT[l].size, int(SPARSE_FRACTION * YT[l].size), replace=False)] = 0.0
@@ -388,7 +389,16 @@ class _Pathway:
 
     def project(self, M, slot, S):
         """Projection ``S @ M`` of the spikes just written to ``slot`` (sparse: active inputs only)."""
-        cols = np.flatnonzero(S.any(axis=0)) if S.shape[0] > 1 else np.flatnonzero(S[0])
+        if S.shape[0] == 1:
+            cols = S[0].nonzero()[0]
+            if cols.size * 2 > S.shape[1]:
+                np.dot(S[0], M, out=self.proj[slot, 0])
+            elif cols.size:
+                np.dot(S[0, cols], M[cols], out=self.proj[slot, 0])
+            else:
+                self.proj[slot] = 0
+            return
+        cols = S.any(axis=0).nonzero()[0]
         if cols.size == 0:
             self.proj[slot] = 0
         elif cols.size * 2 > S.shape[1]:
@@ -550,6 +560,14 @@ class Simulator:
         g_L, g_B, g_A, g_D = (dt.type(v) for v in (cfg.g_L, cfg.g_B, cfg.g_A_eff, cfg.g_D))
         k_B, k_D, step_dt = dt.type(cfg.k_B), dt.type(cfg.k_D), dt.type(cfg.dt)
         spiking_any = cfg.use_spiking_feedforward or cfg.use_spiking_feedback
+        half, half_lam = dt.type(0.5), dt.type(cfg.lambda_max / 2)
+        sdt = cfg.dt
+        keep_h = dt.type(1 - sdt * (cfg.g_L + cfg.g_B + cfg.g_A_eff))
+        keep_o = dt.type(1 - sdt * (cfg.g_L + cfg.g_D))
+        keep_t = dt.type(1 - sdt * (cfg.g_L + cfg.g_D + 1.0))  # g_E + g_I = 1
+        gain_h, gain_A = dt.type(sdt * cfg.g_B), dt.type(sdt * cfg.g_A_eff)
+        teach_dt = None if teach is None else teach[0] * dt.type(sdt)
+        bias_gain = [gain_h * b for b in w.b] if cfg.use_conductances else None
         in_src = st.sources[0]
         changed_phase = True  # output's formula changes at every phase start
         t = 1
@@ -602,20 +620,26 @@ class Simulator:
                         psp_fb[l] += q.source.rates
                 # soma
                 C = st.C[l]
-                Bd = p.drive + w.b[l] if p.spiking else p.drive  # rate mode: b already added
+                Bd = p.drive  # rate mode: includes b; spike mode: b added below
                 C_changed = False
                 if cfg.use_conductances:
+                    # C <- C + dt (-g_L C + g (B - C) [+ g_A (A - C)] [+ g_E (E_E - C) + g_I (E_I - C)])
                     if hidden:
-                        dC = g_B * (Bd - C) - g_L * C
+                        C *= keep_h
+                        C += gain_h * Bd
                         if cfg.use_apical_conductance:
-                            dC += g_A * (st.A[l] - C)
+                            C += gain_A * st.A[l]
                     else:
-                        dC = g_D * (Bd - C) - g_L * C
+                        C *= keep_o if teach is None else keep_t
+                        C += gain_h * Bd
                         if teach is not None:
-                            dC += teach[0] - teach[1] * C
-                    C += step_dt * dC
+                            C += teach_dt
+                    if p.spiking:
+                        C += bias_gain[l]
                     C_changed = True
                 elif drive_changed or (not hidden and changed_phase):
+                    if p.spiking:
+                        Bd = Bd + w.b[l]
                     if hidden:
                         np.multiply(Bd, k_B, out=C)
                     elif teach is None:
@@ -625,7 +649,11 @@ class Simulator:
                     C_changed = True
                 if C_changed:
                     anything = True
-                    np.multiply(sigmoid(C), lam_max, out=src.rates)
+                    r = src.rates  # lambda_max * sigmoid(C) = lambda_max/2 (1 + tanh(C/2)), in place
+                    np.multiply(C, half, out=r)
+                    np.tanh(r, out=r)
+                    r *= half_lam
+                    r += half_lam
                     src.version += 1
                 if src.hist is not None:
                     S = self._sample(src, slot, streams, src.rates)

@@ -41,7 +41,9 @@ def build(params, *, input_shape, n_classes, epochs, random_state, options=None)
         batch_size=int(params["batch_size"]),
         learning_rate_init=float(params["learning_rate"]),
         max_iter=int(epochs),
-        shuffle=True,
+        # the pipeline shuffles each epoch itself and feeds whole mini-batches;
+        # MLPClassifier's own shuffling would make results depend on chunking
+        shuffle=False,
         random_state=random_state,
     )
 

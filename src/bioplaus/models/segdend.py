@@ -27,6 +27,7 @@ weights the example was simulated with.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -35,6 +36,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import _segdend_core as core
@@ -232,6 +234,14 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         sim = core.Simulator(cfg, dtype)
         k = cfg.units_per_class
         n_out = cfg.sizes[-1]
+        # a batch of few examples is matrix-vector work: extra BLAS threads only cost
+        limits = threadpool_limits(1, user_api="blas") if B < 64 else contextlib.nullcontext()
+        with limits:
+            self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype)
+        if not self.diverged_ and not self._weights.all_finite():
+            self.diverged_ = True
+
+    def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype):
         for start in range(0, X.shape[0], B):
             if self.diverged_:
                 break
@@ -258,8 +268,6 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             self.loss_curve_.append(loss)
             if not finite:
                 self.diverged_ = True
-        if not self.diverged_ and not self._weights.all_finite():
-            self.diverged_ = True
 
     def _check_structure(self, cfg, dtype):
         new = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)

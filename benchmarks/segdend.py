@@ -1,0 +1,122 @@
+"""Speed of the segregated-dendrite simulator: ms per training and per test example.
+
+784-500-10 network at the published settings on Fashion-MNIST inputs, float32,
+single-threaded BLAS (threadpoolctl), medians of ``--repeats`` runs:
+
+* non-spiking (2 + 2 training steps, 2 test steps) at batch 1 and batch 100;
+* spiking (50 + 50 training steps, 250 test steps, mem 10, conductances,
+  spiking feedforward and feedback) at batch 1 and batch 100.
+
+``--cv`` also times one 3-fold x 10-epoch cross-validated evaluation of the
+published non-spiking setting on all 70,000 Fashion-MNIST images, on both
+cores (two folds run in parallel processes, the third after), as the pipeline
+would run it. ``--profile`` prints a cProfile summary of each training case.
+
+Usage: ``python benchmarks/segdend.py [--repeats 3] [--cv] [--profile]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from bioplaus.datasets import load_dataset
+from bioplaus.models.segdend import SegregatedDendriteClassifier
+
+PUBLISHED_MS = {  # the published code on this machine (issue 3)
+    ("non-spiking", "train"): 2.45, ("non-spiking", "test"): 0.87,
+    ("spiking", "train"): 35.0, ("spiking", "test"): 81.0,
+}
+
+SETTINGS = {
+    "non-spiking": dict(),
+    "spiking": dict(use_spiking_feedforward=True, use_spiking_feedback=True, use_conductances=True,
+                    l_f_phase=50, l_t_phase=50, l_f_phase_test=250, integration_time=20,
+                    integration_time_test=220, mem=10),
+}
+
+
+def fashion():
+    X, y = load_dataset("fashion")
+    return X.reshape(len(X), -1), y
+
+
+def time_case(X, y, mode, batch, n_train, n_test, repeats, profile):
+    train_ms, test_ms = [], []
+    for r in range(repeats):
+        est = SegregatedDendriteClassifier(hidden_layer_sizes=(500,), batch_size=batch, random_state=r,
+                                           **SETTINGS[mode])
+        warm = max(batch, 10)
+        est.partial_fit(X[:warm], y[:warm], classes=np.arange(10))
+        Xtr, ytr = X[warm:warm + n_train], y[warm:warm + n_train]
+        t0 = time.perf_counter()
+        if profile and r == 0:
+            prof = cProfile.Profile()
+            prof.enable()
+        est.partial_fit(Xtr, ytr)
+        if profile and r == 0:
+            prof.disable()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(8)
+            print(s.getvalue())
+        train_ms.append((time.perf_counter() - t0) * 1000 / n_train)
+        Xte = X[60000:60000 + n_test]
+        t0 = time.perf_counter()
+        est.predict(Xte)
+        test_ms.append((time.perf_counter() - t0) * 1000 / n_test)
+    return float(np.median(train_ms)), float(np.median(test_ms))
+
+
+def run_cv(X, y):
+    """Wall time of one 3-fold x 10-epoch CV evaluation, folds in 2 processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=1).split(X, y))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2) as pool:
+        accs = list(pool.map(_fit_fold, [(tr, te) for tr, te in folds]))
+    return time.perf_counter() - t0, accs
+
+
+def _fit_fold(fold):
+    tr, te = fold
+    X, y = fashion()
+    with threadpool_limits(1):
+        est = SegregatedDendriteClassifier(hidden_layer_sizes=(500,), epochs=10, random_state=0)
+        est.fit(X[tr], y[tr])
+        return est.score(X[te], y[te])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cv", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    X, y = fashion()
+    cases = [("non-spiking", 1, 3000, 10000), ("non-spiking", 100, 20000, 10000),
+             ("spiking", 1, 100, 500), ("spiking", 100, 500, 500)]
+    print(f"{'mode':12s} {'batch':>5s} {'train ms/ex':>12s} {'test ms/ex':>11s} "
+          f"{'train speed-up':>15s} {'test speed-up':>14s}")
+    with threadpool_limits(1):
+        for mode, batch, n_train, n_test in cases:
+            tr, te = time_case(X, y, mode, batch, n_train, n_test, args.repeats, args.profile)
+            print(f"{mode:12s} {batch:5d} {tr:12.4f} {te:11.4f} "
+                  f"{PUBLISHED_MS[(mode, 'train')] / tr:14.1f}x {PUBLISHED_MS[(mode, 'test')] / te:13.1f}x",
+                  flush=True)
+    if args.cv:
+        wall, accs = run_cv(X, y)
+        print(f"3-fold x 10-epoch CV, published non-spiking setting, fashion 70k, 2 cores: "
+              f"{wall / 60:.1f} min, fold accuracies {[round(a, 4) for a in accs]}, mean {np.mean(accs):.4f}")
+
+
+if __name__ == "__main__":
+    main()
