@@ -186,7 +186,8 @@ def plot_robustness(
     datasets = _ordered(list(ours["dataset"]) + list(ref["dataset"]), DATASET_ORDER)
     models = _ordered(list(ours["model"]) + list(ref["model"]), MODEL_ORDER)
     has_ref = not ref.empty
-    figure = _figure(4.6 * len(datasets) + 0.6, 10.5)
+    width = max(6.5, 4.6 * len(datasets) + 0.6)
+    figure = _figure(width, 10.5)
     axes = figure.subplots(3, len(datasets), squeeze=False)
     noise_handle = None
 
@@ -288,8 +289,9 @@ def plot_robustness(
         noise_handle.set_label("median ±1 SD over refits of one setting (seed noise)")
         handles.append(noise_handle)
     handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
-                  fontsize=9, frameon=False)
+    # legend labels are up to ~3.5 inches long at this size: fit as many columns as the width holds
+    figure.legend(handles=handles, loc="outside lower center",
+                  ncol=max(1, min(len(handles), int(width / 3.6))), fontsize=9, frameon=False)
     figure.suptitle(_title_for(
         figure,
         "Robustness to hyperparameters: 3-fold cross-validated test accuracy of every "
