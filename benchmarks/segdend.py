@@ -100,6 +100,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cv", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="only the --cv measurement")
     args = parser.parse_args()
     X, y = fashion()
     cases = [("non-spiking", 1, 3000, 10000), ("non-spiking", 100, 20000, 10000),
@@ -107,7 +108,7 @@ def main():
     print(f"{'mode':12s} {'batch':>5s} {'train ms/ex':>12s} {'test ms/ex':>11s} "
           f"{'train speed-up':>15s} {'test speed-up':>14s}")
     with threadpool_limits(1):
-        for mode, batch, n_train, n_test in cases:
+        for mode, batch, n_train, n_test in [] if args.skip_speed else cases:
             tr, te = time_case(X, y, mode, batch, n_train, n_test, args.repeats, args.profile)
             print(f"{mode:12s} {batch:5d} {tr:12.4f} {te:11.4f} "
                   f"{PUBLISHED_MS[(mode, 'train')] / tr:14.1f}x {PUBLISHED_MS[(mode, 'test')] / te:13.1f}x",

@@ -20,7 +20,7 @@ SHARED = REPO.parent / "shared"
 class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
     """A tiny incremental classifier whose failures are set by ``mode``:
     ``ok``, ``invalid`` (raises InvalidConfigurationError), ``diverge`` (sets
-    ``diverged_`` after the first chunk), ``slow`` (sleeps per chunk),
+    ``diverged_`` after the first chunk), ``slow`` (burns CPU per chunk),
     ``error`` (raises RuntimeError), ``nan`` (raises FloatingPointError)."""
 
     def __init__(self, mode="ok", shrink=1.0, batch_size=1, sleep=0.05):
@@ -48,8 +48,10 @@ class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
             self.counts_[i] += m.sum()
         if self.mode == "diverge":
             self.diverged_ = True
-        if self.mode == "slow":
-            time.sleep(self.sleep)
+        if self.mode == "slow":  # burn CPU: time limits count CPU seconds
+            end = time.process_time() + self.sleep
+            while time.process_time() < end:
+                pass
         return self
 
     def predict(self, X):

@@ -304,6 +304,7 @@ def _compare(cfg_kwargs, n_examples, seed=0):
     for i in range(n_examples):
         sim.train_batch(st, w, X[i:i + 1], targets[i:i + 1], streams)
         ref.train_example(X[i], targets[i])
+    w.flush()  # apply pending low-rank updates, if any
     for l in range(cfg.n_layers):
         np.testing.assert_allclose(w.WT[l].T, ref.W[l], rtol=1e-9, atol=1e-11, err_msg=f"W[{l}]")
         np.testing.assert_allclose(w.b[l], ref.b[l], rtol=1e-9, atol=1e-11, err_msg=f"b[{l}]")
@@ -340,3 +341,11 @@ def test_rate_mode_matches_reference(case):
 @pytest.mark.parametrize("case", sorted(SPIKE_CASES))
 def test_spiking_mode_matches_reference_with_shared_draws(case):
     _compare({**SPIKE_BASE, **SPIKE_CASES[case]}, n_examples=120)
+
+
+@pytest.mark.parametrize("case", ["default", "feedback_learning_bias", "no_broadcast_2h", "rand_phases_plateaus"])
+def test_deferred_low_rank_updates_match_reference(case, monkeypatch):
+    """Online updates kept as a pending low-rank sum (big matrices) change nothing but round-off."""
+    monkeypatch.setattr(core, "DEFER_MIN_SIZE", 1)
+    monkeypatch.setattr(core, "DEFER_RANK", 7)
+    _compare(RATE_CASES[case], n_examples=300)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -218,6 +217,12 @@ def main(argv=None) -> int:
         args.func(args)
     except BioplausError as exc:
         print(f"bioplaus: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:  # bad input files/arguments: one clear line
+        if os.environ.get("BIOPLAUS_DEBUG"):
+            raise
+        print(f"bioplaus: error: {type(exc).__name__}: {exc} (set BIOPLAUS_DEBUG=1 for a traceback)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bioplaus: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -1,22 +1,76 @@
-"""One optimisation study per (dataset, model, sampler), persisted and resumable.
+"""One optimisation study per (dataset, model, sampler), persisted and resumable,
+run by one or many worker processes.
 
+Storage
+-------
 A study lives in an optuna storage: by default a journal file
-(``results/<dataset>/<model>/<sampler>/study.journal``; optuna's
-``JournalFileBackend`` is the backend optuna recommends for several processes
-on one machine: appends under a file lock, no database server), or any
-RDB URL (``postgresql://…``) shared by workers on several nodes.
+(``results/<dataset>/<model>/<sampler>/study.journal``: optuna's
+``JournalFileBackend``, the backend optuna recommends for several processes
+on one machine: appends under a file lock, no database server, and unlike
+SQLite no "database is locked" errors under concurrent writers), or any RDB
+URL (``postgresql://…``, ``mysql://…``) shared by workers on several nodes.
 
-Workers (one or many, on any storage) run :func:`run_worker`: each loops
-"recover stale trials → stop if the study holds ``n_trials`` finished trials →
-ask → evaluate → tell". Guarantees:
+Workers
+-------
+Each worker runs :func:`run_worker`, a loop "recover dead workers' trials →
+stop if the study holds ``n_trials`` COMPLETE trials → ask → admit or skip →
+evaluate → tell". Any number of workers, started at any time, on any host,
+share one study. The study is made of ``n_trials`` *slots*, one per
+configuration to evaluate, each identified by its *origin*, the number of the
+trial that first asked for it:
 
-* a re-run continues where a killed run stopped: finished trials are never
-  repeated; a trial left RUNNING by a dead worker (its heartbeat stopped, or
-  its process is gone) is marked FAIL and its configuration re-queued with its
-  original seed, so the study ends with exactly ``n_trials`` COMPLETE trials;
-* a trial's seeds (model initialisation, shuffling, and the sampler's draw)
-  derive from the study seed and the trial number only (see
-  :mod:`bioplaus.seeding`): results do not depend on how many workers ran them.
+* a trial asked fresh from the sampler is admitted if fewer than ``n_trials``
+  live slots have lower numbers (a slot is live unless its trial was skipped
+  or ended in an evaluation error); otherwise it is *skipped* (FAIL, user
+  attribute ``skipped``, never evaluated): workers racing at the end of a study
+  never overshoot ``n_trials``;
+* a slot whose trial ended without a result because its worker died (FAIL by
+  recovery, see below) is *orphaned*; any worker re-queues its configuration
+  (``enqueue_trial``) with user attribute ``origin``; the copy re-uses the
+  origin's seed. If two workers re-queue the same orphan, the copy with the
+  higher number is skipped: each slot ends with exactly one COMPLETE trial.
+
+So the study ends with exactly ``n_trials`` COMPLETE trials, whose origins are
+``0 … n_trials-1`` unless an evaluation error retired a slot. A trial's seeds
+(model initialisation, shuffling, and the sampler's draw) derive from the
+study seed and the trial number (origin) only (see :mod:`bioplaus.seeding`):
+with the ``random`` sampler, trial ``k`` evaluates the same configuration with
+the same seed whether 1 or 10 workers ran the study.
+
+With a model-based sampler (``gp``, ``tpe``) a worker asking while others
+evaluate sees their configurations as pending points (constant liar). Optuna
+writes a trial's parameters only after the sampler has chosen them, so two
+workers asking at the same moment could still pick the same point: after
+writing its parameters each trial looks for an identical configuration that
+its sampler could not have known (running, or completed since the ask) and, if
+there is one, is skipped and asks again (after a random pause). Of two
+simultaneous duplicates at most one is evaluated (each writes before it
+reads, so the later reader sees the other).
+
+Dead workers
+------------
+Every worker stamps its running trial with a ``heartbeat`` user attribute
+(wall-clock seconds) from a background thread every ``heartbeat_seconds``, and
+records its ``worker`` (``host:pid``). A RUNNING trial of another worker is
+declared dead when its process is gone (same host: checked at once), or when
+its heartbeat is older than ``stale_after`` seconds (any host: a killed node,
+a frozen process). This one mechanism works on every storage, the journal
+file included, which has no heartbeat of its own. On an RDB storage optuna's
+own heartbeat is enabled as well (``RDBStorage(heartbeat_interval,
+grace_period)``: the same thread calls ``record_heartbeat`` and each loop calls
+``optuna.storages.fail_stale_trials``): its staleness is judged on the
+database server's clock, so it is immune to clock skew between nodes. Whichever
+detects a dead trial first moves it RUNNING → FAIL; that transition is atomic
+in both storages (row lock / ordered journal), and re-queueing goes through
+the orphan rule above, so a trial is never re-queued twice into the COMPLETE
+set. A worker wrongly declared dead (e.g. suspended, then resumed) finds its
+trial finished when it reports, discards its result and carries on.
+
+``heartbeat_seconds`` and ``stale_after`` default to 20 s and 120 s; set them
+with the environment variables ``BIOPLAUS_HEARTBEAT_SECONDS`` and
+``BIOPLAUS_STALE_AFTER_SECONDS`` (same value for every worker of a study).
+``stale_after`` must exceed the longest pause of a live worker's heartbeat
+thread (a heavily loaded node, a slow storage).
 """
 
 from __future__ import annotations
@@ -24,6 +78,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import socket
 import sys
 import threading
@@ -31,12 +86,13 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 
 from bioplaus.errors import ConfigError
 from bioplaus.evaluation import evaluate, split_seed_for
@@ -47,6 +103,10 @@ from bioplaus.seeding import INIT, derive_seed
 HEARTBEAT_SECONDS = 20.0
 #: a RUNNING trial whose heartbeat is older than this is taken as dead
 STALE_AFTER_SECONDS = 120.0
+HEARTBEAT_ENV = "BIOPLAUS_HEARTBEAT_SECONDS"
+STALE_AFTER_ENV = "BIOPLAUS_STALE_AFTER_SECONDS"
+#: samplers whose suggestion depends on the other workers' pending trials
+MODEL_BASED_SAMPLERS = ("gp", "tpe")
 
 
 @dataclass
@@ -87,19 +147,63 @@ class StudySettings:
         }
 
 
-def open_storage(storage: str | os.PathLike):
-    """An optuna storage: an RDB URL (``scheme://…``) or a journal file path."""
-    storage = str(storage)
-    if "://" in storage:
-        return optuna.storages.RDBStorage(storage, engine_kwargs={"pool_pre_ping": True})
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+def _env_seconds(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        val = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number of seconds") from None
+    if not (val > 0 and math.isfinite(val)):
+        raise ConfigError(f"{name}={text!r} must be a positive number of seconds")
+    return val
 
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(storage, lock_obj=JournalFileOpenLock(storage)))
+
+def liveness_settings(
+    heartbeat_seconds: float | None = None, stale_after: float | None = None
+) -> tuple[float, float]:
+    """``(heartbeat_seconds, stale_after)``: the arguments, else the environment, else the defaults."""
+    hb = heartbeat_seconds if heartbeat_seconds is not None else _env_seconds(HEARTBEAT_ENV, HEARTBEAT_SECONDS)
+    stale = stale_after if stale_after is not None else _env_seconds(STALE_AFTER_ENV, STALE_AFTER_SECONDS)
+    if stale <= hb:
+        raise ConfigError(
+            f"stale_after ({stale:g} s, {STALE_AFTER_ENV}) must exceed heartbeat_seconds "
+            f"({hb:g} s, {HEARTBEAT_ENV}), or live workers would be declared dead"
+        )
+    return float(hb), float(stale)
 
 
 def _log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, file=sys.stderr, flush=True)
+
+
+def _log_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    _log(f"[{study.study_name}] trial {trial.number} was left running by a dead worker: re-queued "
+         f"(optuna heartbeat stale; worker {trial.user_attrs.get('worker', '?')})")
+
+
+def open_storage(
+    storage: str | os.PathLike,
+    *,
+    heartbeat_seconds: float | None = None,
+    stale_after: float | None = None,
+):
+    """An optuna storage: an RDB URL (``scheme://…``, optuna heartbeat enabled) or a journal file path."""
+    storage = str(storage)
+    if "://" in storage:
+        hb, stale = liveness_settings(heartbeat_seconds, stale_after)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=max(1, int(round(hb))), grace_period=max(1, int(math.ceil(stale))),
+                heartbeat_stale_trial_callback=_log_stale,
+            )
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(storage, lock_obj=JournalFileOpenLock(storage)))
 
 
 def open_study(settings: StudySettings, storage) -> optuna.Study:
@@ -146,54 +250,77 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(t: optuna.trial.FrozenTrial, now: float, stale_after: float) -> bool:
+def _stale_reason(t: FrozenTrial, now: float, stale_after: float) -> str | None:
+    """Why the RUNNING trial ``t`` is taken as dead, or None if its worker may be alive."""
     worker = t.user_attrs.get("worker", "")
     host, _, pid = worker.rpartition(":")
     if host == socket.gethostname() and pid.isdigit() and int(pid) != os.getpid():
         if not _pid_alive(int(pid)):
-            return True
+            return f"its worker process {worker} is gone"
     beat = t.user_attrs.get("heartbeat")
     if beat is None:
         start = t.datetime_start.timestamp() if t.datetime_start else now
-        return now - start > stale_after
-    return now - float(beat) > stale_after
+        if now - start > stale_after:
+            return f"no heartbeat {now - start:.0f} s after it started"
+        return None
+    if now - float(beat) > stale_after:
+        return f"its last heartbeat is {now - float(beat):.0f} s old (worker {worker or '?'})"
+    return None
 
 
-def recover_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
-    """Mark trials left RUNNING by dead workers as FAIL and re-queue their configurations."""
+def recover_stale_trials(study: optuna.Study, stale_after: float | None = None) -> list[int]:
+    """Mark trials left RUNNING by dead workers as FAIL; return their numbers.
+
+    Their configurations are re-queued by :func:`requeue_orphans` (which
+    :func:`run_worker` calls right after). With an RDB
+    storage, optuna's heartbeat check (``fail_stale_trials``) runs first."""
+    if stale_after is None:
+        stale_after = liveness_settings()[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # no-op unless RDB with heartbeat
     recovered = []
     now = time.time()
     storage = study._storage  # optuna has no public API to fail another process's trial
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") == _worker_id() or not _is_stale(t, now, stale_after):
+        if t.user_attrs.get("worker") == _worker_id():
+            continue
+        reason = _stale_reason(t, now, stale_after)
+        if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "message", "worker died during this trial; re-queued")
-            ok = storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except Exception:  # another worker got there first
+            storage.set_trial_user_attr(t._trial_id, "message", f"worker died during this trial ({reason})")
+            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL) is False:
+                continue
+        except (UpdateFinishedTrialError, KeyError):  # another worker got there first
             continue
-        if ok is False:
-            continue
-        if t.params:
-            origin = int(t.user_attrs.get("origin", t.number))
-            study.enqueue_trial(t.params, user_attrs={"origin": origin}, skip_if_exists=False)
+        _log(f"[{study.study_name}] trial {t.number} was left running by a dead worker: re-queued ({reason})")
         recovered.append(t.number)
     return recovered
 
 
 class _Heartbeat:
-    """Background thread that stamps a running trial's ``heartbeat`` user attribute."""
+    """Background thread that stamps a running trial's ``heartbeat`` user attribute
+    (and records optuna's heartbeat on an RDB storage that has it enabled)."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, every: float) -> None:
-        self._study, self._trial_id, self._every = study, trial._trial_id, every
+        self._storage, self._trial_id, self._every = study._storage, trial._trial_id, every
+        self._optuna_heartbeat = optuna.storages._heartbeat.is_heartbeat_enabled(self._storage)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bioplaus-heartbeat")
+
+    def _beat(self) -> None:
+        if self._optuna_heartbeat:
+            self._storage.record_heartbeat(self._trial_id)
+        self._storage.set_trial_user_attr(self._trial_id, "heartbeat", time.time())
 
     def _run(self) -> None:
-        while not self._stop.wait(self._every):
+        while True:
             try:
-                self._study._storage.set_trial_user_attr(self._trial_id, "heartbeat", time.time())
-            except Exception:
+                self._beat()
+            except Exception:  # trial finished (e.g. failed by another worker), storage gone
+                return
+            if self._stop.wait(self._every):
                 return
 
     def __enter__(self):
@@ -205,24 +332,117 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
+# --------------------------------------------------------------------------- slots
+def _origin(t: FrozenTrial) -> int:
+    return int(t.user_attrs.get("origin", t.number))
+
+
+def _kind(t: FrozenTrial) -> str:
+    """``complete``, ``running``, ``waiting``, ``skipped`` (never evaluated),
+    ``error`` (evaluation failed) or ``died`` (its worker stopped before telling)."""
+    if t.state == TrialState.COMPLETE:
+        return "complete"
+    if t.state == TrialState.RUNNING:
+        return "running"
+    if t.state == TrialState.WAITING:
+        return "waiting"
+    if t.user_attrs.get("skipped"):
+        return "skipped"
+    if t.user_attrs.get("error"):
+        return "error"
+    return "died"
+
+
+@dataclass
+class SlotPlan:
+    """The study's state seen as slots (see the module docstring).
+
+    ``slots``: origins of the live slots, ascending (at most ``n_trials``);
+    ``complete``: number of COMPLETE trials; ``done``: slots with a COMPLETE
+    trial; ``orphans``: slots with no COMPLETE, RUNNING or WAITING trial
+    (their worker died), mapped to the parameters to re-queue;
+    ``waiting``: WAITING trials that may still run."""
+
+    slots: list[int]
+    complete: int
+    done: set[int]
+    orphans: dict[int, dict[str, Any]]
+    waiting: int
+
+
+def plan_slots(trials: Iterable[FrozenTrial], n_trials: int) -> SlotPlan:
+    """Slots of a study from its trials (a pure function of the stored state)."""
+    trials = sorted(trials, key=lambda t: t.number)
+    by_origin: dict[int, list[FrozenTrial]] = {}
+    for t in trials:
+        by_origin.setdefault(_origin(t), []).append(t)
+    slots: list[int] = []
+    for t in trials:
+        if _origin(t) != t.number:  # a re-queued copy, not a slot of its own
+            continue
+        kinds = {_kind(c) for c in by_origin[t.number]}
+        if _kind(t) == "skipped" or ("error" in kinds and "complete" not in kinds):
+            continue
+        if len(slots) < n_trials:
+            slots.append(t.number)
+    done = {o for o in slots if any(_kind(c) == "complete" for c in by_origin[o])}
+    orphans = {}
+    for o in slots:
+        kinds = [_kind(c) for c in by_origin[o]]
+        if not any(k in ("complete", "running", "waiting") for k in kinds):
+            params = next((dict(c.params) for c in reversed(by_origin[o]) if c.params), {})
+            orphans[o] = params
+    waiting = sum(1 for t in trials if _kind(t) == "waiting" and _origin(t) in slots and _origin(t) not in done)
+    return SlotPlan(slots=slots, complete=sum(_kind(t) == "complete" for t in trials), done=done,
+                    orphans=orphans, waiting=waiting)
+
+
+def _skip_reason(trial_number: int, origin: int, trials: list[FrozenTrial], n_trials: int) -> str | None:
+    """Why the trial just asked must not be evaluated, or None to evaluate it."""
+    plan = plan_slots(trials, n_trials)
+    if origin == trial_number:
+        if trial_number not in plan.slots:
+            return f"surplus: {n_trials} slots are filled by trials with lower numbers"
+        return None
+    if origin not in plan.slots:
+        return f"re-queued copy of trial {origin}, which is no longer a slot"
+    if origin in plan.done:
+        return f"re-queued copy of trial {origin}, which is already complete"
+    for t in trials:
+        if t.number != trial_number and _origin(t) == origin and t.number < trial_number \
+                and _kind(t) in ("running", "waiting"):
+            return f"re-queued copy of trial {origin}, which trial {t.number} runs"
+    return None
+
+
+def requeue_orphans(study: optuna.Study, n_trials: int, trials: list[FrozenTrial] | None = None) -> list[int]:
+    """Re-queue the configuration of every slot whose worker died; return their origins."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    plan = plan_slots(trials, n_trials)
+    for origin, params in plan.orphans.items():
+        study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=False)
+        _log(f"[{study.study_name}] slot {origin}: configuration re-queued (its worker died)")
+    return sorted(plan.orphans)
+
+
+def _concurrent_duplicate(trial_number: int, params: Mapping[str, Any], trials: list[FrozenTrial],
+                          known_complete: set[int]) -> int | None:
+    """Number of a trial with the same parameters that this trial's sampler could not see, or None."""
+    for t in trials:
+        if t.number == trial_number:
+            continue
+        if t.state == TrialState.RUNNING or (t.state == TrialState.COMPLETE and t.number not in known_complete):
+            if t.params and dict(t.params) == dict(params):
+                return t.number
+    return None
+
+
+def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    study._storage.set_trial_user_attr(trial._trial_id, "skipped", reason)
+    study.tell(trial, state=TrialState.FAIL)
+
+
 # --------------------------------------------------------------------------- the loop
-def _counts(study: optuna.Study) -> tuple[int, int, int]:
-    trials = study.get_trials(deepcopy=False)
-    done = sum(t.state == TrialState.COMPLETE for t in trials)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    waiting = sum(t.state == TrialState.WAITING for t in trials)
-    return done, running, waiting
-
-
-def _surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
-    """True if trials numbered below ``number`` already fill the study (another worker raced us)."""
-    ahead = sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if t.number < number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-    )
-    return ahead >= n_trials
-
-
 def run_worker(
     settings: StudySettings,
     storage,
@@ -231,47 +451,66 @@ def run_worker(
     input_shape: tuple[int, int, int],
     *,
     n_jobs: int = 1,
-    heartbeat_seconds: float = HEARTBEAT_SECONDS,
-    stale_after: float = STALE_AFTER_SECONDS,
-    poll_seconds: float = 2.0,
-    on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+    heartbeat_seconds: float | None = None,
+    stale_after: float | None = None,
+    poll_seconds: float | None = None,
+    on_trial: Callable[[FrozenTrial], None] | None = None,
 ) -> optuna.Study:
     """Run trials of one study until it holds ``settings.n_trials`` COMPLETE trials.
 
     ``X`` flat ``(n, c*h*w)`` float32 (a memory map is shared with the fold
     workers), ``y`` int labels. ``n_jobs``: processes/threads for the folds.
+    ``heartbeat_seconds``/``stale_after`` (seconds): see the module docstring
+    (default: environment, else 20 and 120). ``poll_seconds``: pause while the
+    last trials run in other workers (default ``min(2, stale_after / 4)``).
     Progress is logged one line per trial on stderr.
     """
+    hb, stale = liveness_settings(heartbeat_seconds, stale_after)
+    poll = min(2.0, stale / 4) if poll_seconds is None else float(poll_seconds)
     study = open_study(settings, storage)
     spec = get_model(settings.model)
     space = spec.search_space(settings.options)
     split_seed = split_seed_for(settings.seed)
     name = settings.study_name
+    check_duplicates = settings.sampler in MODEL_BASED_SAMPLERS
+    retries = 0
     while True:
-        for n in recover_stale_trials(study, stale_after):
-            _log(f"[{name}] trial {n} was left running by a dead worker: re-queued")
-        done, running, waiting = _counts(study)
-        if done >= settings.n_trials:
+        recover_stale_trials(study, stale)
+        trials = study.get_trials(deepcopy=False)
+        plan = plan_slots(trials, settings.n_trials)
+        if plan.complete >= settings.n_trials:
             break
-        if done + running >= settings.n_trials and waiting == 0:
-            time.sleep(poll_seconds)  # the last trials run elsewhere; wait for them (or their death)
+        if plan.orphans:
+            requeue_orphans(study, settings.n_trials, trials)
             continue
-        trial = study.ask()
-        if _surplus(study, trial.number, settings.n_trials):
-            origin = trial.user_attrs.get("origin")
-            study.tell(trial, state=TrialState.FAIL)
-            study._storage.set_trial_user_attr(trial._trial_id, "message", "surplus trial, not run")
-            if origin is not None:  # give a re-queued configuration back
-                study.enqueue_trial(trial.params, user_attrs={"origin": origin}, skip_if_exists=False)
+        if len(plan.slots) >= settings.n_trials and plan.waiting == 0:
+            time.sleep(poll)  # the last trials run elsewhere; wait for them (or their death)
             continue
+        known_complete = {t.number for t in trials if t.state == TrialState.COMPLETE}
+        with warnings.catch_warnings():  # optuna warns that its heartbeat is meant for optimize()
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = study.ask()
         origin = int(trial.user_attrs.get("origin", trial.number))
-        trial.set_user_attr("origin", origin)
         trial.set_user_attr("worker", _worker_id())
         trial.set_user_attr("heartbeat", time.time())
+        reason = _skip_reason(trial.number, origin, study.get_trials(deepcopy=False), settings.n_trials)
+        if reason is not None:
+            _skip(study, trial, reason)
+            continue
+        trial.set_user_attr("origin", origin)
         params = suggest_all(trial, space)
+        if check_duplicates and origin == trial.number:
+            dup = _concurrent_duplicate(trial.number, params, study.get_trials(deepcopy=False), known_complete)
+            if dup is not None:
+                _skip(study, trial, f"same configuration as trial {dup}, asked concurrently")
+                retries += 1
+                _log(f"[{name}] trial {trial.number}: same configuration as trial {dup}: asking again")
+                time.sleep(random.uniform(0, min(5.0, 0.5 * retries)))  # break lockstep
+                continue
+        retries = 0
         seed = derive_seed(settings.seed, INIT, origin)
         trial.set_user_attr("seed", seed)
-        with _Heartbeat(study, trial, heartbeat_seconds):
+        with _Heartbeat(study, trial, hb):
             t0 = time.perf_counter()
             result = evaluate(
                 settings.model, params, X, y,
@@ -280,23 +519,29 @@ def run_worker(
                 time_limit=settings.time_limit, n_jobs=n_jobs,
             )
             wall = time.perf_counter() - t0
-        for key, val in result.as_record().items():
-            trial.set_user_attr(key, val)
-        trial.set_user_attr("duration_seconds", wall)
-        if result.error:
-            study.tell(trial, state=TrialState.FAIL)
-            status = f"FAILED ({result.message})"
-        else:
-            study.tell(trial, result.objective())
-            flags = [f for f in ("invalid", "diverged", "timed_out") if getattr(result, f)]
-            acc = "n/a" if math.isnan(result.accuracy) else f"{result.accuracy:.4f}"
-            status = f"accuracy {acc}" + (f" [{', '.join(flags)}]" if flags else "")
-        done, _, _ = _counts(study)
+        try:
+            for key, val in result.as_record().items():
+                trial.set_user_attr(key, val)
+            trial.set_user_attr("duration_seconds", wall)
+            if result.error:
+                study.tell(trial, state=TrialState.FAIL)
+                status = f"FAILED ({result.message})"
+            else:
+                study.tell(trial, result.objective())
+                flags = [f for f in ("invalid", "diverged", "timed_out") if getattr(result, f)]
+                acc = "n/a" if math.isnan(result.accuracy) else f"{result.accuracy:.4f}"
+                status = f"accuracy {acc}" + (f" [{', '.join(flags)}]" if flags else "")
+        except UpdateFinishedTrialError:
+            _log(f"[{name}] trial {trial.number}: another worker declared this worker dead (heartbeat late) "
+                 f"and failed the trial; its result ({wall:.1f} s) is discarded, the configuration was re-queued")
+            continue
+        plan = plan_slots(study.get_trials(deepcopy=False), settings.n_trials)
         try:
             best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"
         except ValueError:
             best = ""
-        _log(f"[{name}] trial {trial.number}: {status} in {wall:.1f} s; {done}/{settings.n_trials} done{best}")
+        _log(f"[{name}] trial {trial.number}: {status} in {wall:.1f} s; "
+             f"{plan.complete}/{settings.n_trials} done{best}")
         if on_trial is not None:
             on_trial(study.get_trials(deepcopy=False)[trial.number])
     return study
@@ -304,10 +549,17 @@ def run_worker(
 
 # --------------------------------------------------------------------------- outputs
 def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
-    """One row per trial in the ``trials.csv`` layout (see the README)."""
+    """One row per evaluated trial in the ``trials.csv`` layout (see the README).
+
+    Trials skipped without evaluation (surplus asks of racing workers,
+    duplicate points, superseded re-queued copies) and queued trials are left
+    out; they stay in the storage. A RUNNING trial (an export while the study
+    runs) appears with state RUNNING."""
     space = get_model(settings.model).search_space(settings.options)
     rows = []
     for t in study.get_trials(deepcopy=False):
+        if _kind(t) in ("skipped", "waiting"):  # never evaluated (see the module docstring)
+            continue
         ua = t.user_attrs
         accs = ua.get("fold_accuracies") or [None] * settings.n_folds
         secs = ua.get("fold_fit_seconds") or [math.nan] * settings.n_folds
@@ -331,7 +583,10 @@ def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
         row["diverged"] = bool(ua.get("diverged", False))
         row["timed_out"] = bool(ua.get("timed_out", False))
         row["invalid"] = bool(ua.get("invalid", False))
-        row["message"] = ua.get("message", "")
+        message = ua.get("message", "")
+        if not message and _kind(t) == "died":
+            message = "worker died during this trial; configuration re-queued"
+        row["message"] = message
         row["seed"] = ua.get("seed", -1)
         row["origin"] = ua.get("origin", t.number)
         row["n_classes"] = ua.get("n_classes", math.nan)

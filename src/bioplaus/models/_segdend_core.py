@@ -255,11 +255,50 @@ def validate(cfg: Config):
 # ---------------------------------------------------------------- weights
 
 
+#: Online (batch 1) updates of large feedforward matrices are kept as a pending
+#: low-rank sum and applied every DEFER_RANK examples by one matrix product.
+DEFER_RANK = 32
+DEFER_MIN_SIZE = 65536
+
+
+class _Pending:
+    """Pending rank-m update ``WT += P[:m].T @ Q[:m]`` of one feedforward matrix."""
+
+    def __init__(self, n_in, n_out, dtype):
+        self.P = np.zeros((DEFER_RANK, n_in), dtype)
+        self.Q = np.zeros((DEFER_RANK, n_out), dtype)
+        self.m = 0
+
+
 class Weights:
-    """Weights of one network: ``WT``, ``b`` per layer; ``YT``, ``c``, sparse masks per hidden layer."""
+    """Weights of one network: ``WT``, ``b`` per layer; ``YT``, ``c``, sparse masks per hidden layer.
+
+    ``WT[l]`` may carry a pending low-rank update (``pending[l]``); readers other
+    than the simulator's rate-mode drive call :meth:`flush` first.
+    """
 
     def __init__(self, WT, b, YT, c, masks):
         self.WT, self.b, self.YT, self.c, self.masks = WT, b, YT, c, masks
+        self.pending = [None] * len(WT)
+
+    def defer(self, l, psp, E, alpha):
+        """Queue ``WT[l] += alpha * psp.T @ E`` (one example); apply when DEFER_RANK are queued."""
+        pend = self.pending[l]
+        if pend is None:
+            pend = self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
+        pend.P[pend.m] = psp[0]
+        np.multiply(E[0], alpha, out=pend.Q[pend.m])
+        pend.m += 1
+        if pend.m == DEFER_RANK:
+            self.flush(l)
+
+    def flush(self, layer=None):
+        """Apply pending updates (of one layer, or all)."""
+        for l in range(len(self.WT)) if layer is None else (layer,):
+            pend = self.pending[l]
+            if pend is not None and pend.m:
+                rank_update(self.WT[l], pend.P[:pend.m], pend.Q[:pend.m], 1.0)
+                pend.m = 0
 
     @classmethod
     def initial(cls, cfg: Config, rng: np.random.Generator, dtype=np.float32):
@@ -332,10 +371,12 @@ class Weights:
             self.YT[l] = np.ascontiguousarray(Y, dtype=self.WT[0].dtype)
 
     def copy(self):
+        self.flush()
         cp = lambda xs: [None if x is None else x.copy() for x in xs]  # noqa: E731
         return Weights(cp(self.WT), cp(self.b), cp(self.YT), cp(self.c), cp(self.masks))
 
     def all_finite(self):
+        self.flush()
         return all(np.isfinite(x).all() for x in (*self.WT, *self.b, *self.YT, *self.c) if x is not None)
 
 
@@ -450,6 +491,8 @@ class State:
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
+        if any(p.spiking for p in self.ff):
+            weights.flush()
         for l, p in enumerate(self.ff):
             p.seen = -1
             if p.spiking:
@@ -479,6 +522,7 @@ class Simulator:
                     table[pos, (newest - age) % mem] = kappa[age]
             self._kappa_slot[lag] = table.astype(self.dtype)
         self.kappa = kappa
+        self._psp_cache = {}
 
     # -- helpers ---------------------------------------------------------
 
@@ -494,6 +538,10 @@ class Simulator:
         Returns ``(offset, w)`` with ``w[j - offset]``. The window is steps
         ``end - T + 1 .. end`` (``end`` defaults to the phase end).
         """
+        key = (L_phase, T, lag, end)
+        cached = self._psp_cache.get(key)
+        if cached is not None:
+            return cached
         mem, kappa = self.cfg.mem, self.kappa
         end = L_phase if end is None else end
         offset = end - T + 1 - lag - (mem - 1)
@@ -502,6 +550,7 @@ class Simulator:
             for age in range(mem):
                 j = t - lag - age
                 w[j - offset] += kappa[age] / T
+        self._psp_cache[key] = (offset, w)
         return offset, w
 
     # -- phases ----------------------------------------------------------
@@ -520,7 +569,6 @@ class Simulator:
         nL = cfg.n_layers
         B = st.B
         mem = cfg.mem
-        lam_max = dt.type(cfg.lambda_max)
         start = L_phase - T + 1
         C_sum = [np.zeros_like(c) for c in st.C]
         A_sum = [np.zeros_like(a) for a in st.A] if collect_A else None
@@ -558,8 +606,8 @@ class Simulator:
             gE = target.astype(dt)
             gI = 1 - gE
             teach = (gE * dt.type(cfg.E_E) + gI * dt.type(cfg.E_I), gE + gI)
-        g_L, g_B, g_A, g_D = (dt.type(v) for v in (cfg.g_L, cfg.g_B, cfg.g_A_eff, cfg.g_D))
-        k_B, k_D, step_dt = dt.type(cfg.k_B), dt.type(cfg.k_D), dt.type(cfg.dt)
+        g_L, g_D = dt.type(cfg.g_L), dt.type(cfg.g_D)
+        k_B, k_D = dt.type(cfg.k_B), dt.type(cfg.k_D)
         spiking_any = cfg.use_spiking_feedforward or cfg.use_spiking_feedback
         half, half_lam = dt.type(0.5), dt.type(cfg.lambda_max / 2)
         sdt = cfg.dt
@@ -599,6 +647,9 @@ class Simulator:
                     drive_changed = True
                 elif p.seen != p.source.version:
                     np.matmul(p.source.rates, w.WT[l], out=p.drive)
+                    pend = w.pending[l]
+                    if pend is not None and pend.m:
+                        p.drive += (p.source.rates @ pend.P[:pend.m].T) @ pend.Q[:pend.m]
                     p.drive += w.b[l]
                     p.seen = p.source.version
                     drive_changed = True
@@ -782,6 +833,8 @@ class Simulator:
         lam_max = dt.type(cfg.lambda_max)
         f_etas = cfg.f_etas if f_etas is None else f_etas
         b_etas = cfg.b_etas if b_etas is None else b_etas
+        if cfg.use_backprop or cfg.use_symmetric_weights or cfg.use_spiking_feedforward:
+            w.flush()  # these read WT directly
         # errors (all from the weights the examples were simulated with)
         E = [None] * nL
         sC = sigmoid(fwd["C"][-1])
@@ -806,9 +859,14 @@ class Simulator:
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates
+        defer = B == 1 and not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
         for l in range(nL):
             scale = f_etas[l] * (cfg.P_final if l == nL - 1 else cfg.P_hidden)
-            rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scale / B)
+            if defer and w.WT[l].size >= DEFER_MIN_SIZE:
+                w.defer(l, fwd["psp_ff"][l], E[l], dt.type(-scale))
+            else:
+                w.flush(l)
+                rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scale / B)
             w.b[l] -= dt.type(scale) * (E[l][0] if B == 1 else E[l].mean(axis=0))
         if E_inv is not None:
             for l in range(nL - 1):
@@ -835,6 +893,7 @@ class Simulator:
         state per call); all rows are simulated side by side.
         """
         cfg = self.cfg
+        w.flush()
         apical = cfg.use_conductances and cfg.use_apical_conductance
         st = State(cfg, X.shape[0], self.dtype, apical=apical)
         st.reproject(w)

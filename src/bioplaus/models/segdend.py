@@ -365,6 +365,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     @property
     def W_(self):
         check_is_fitted(self, "classes_")
+        self._weights.flush()
         return [w.T for w in self._weights.WT]
 
     @property
