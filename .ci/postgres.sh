@@ -2,8 +2,9 @@
 # Install (Debian packages) and start a PostgreSQL server for the worker tests,
 # listening on loopback only, with a role and a database `bioplaus`.
 # Idempotent: safe to run again (skips what is already there).
-# Must run as root (CI containers). Prints the URL to export, e.g.
+# Must run as root (CI containers). Prints the line to eval, e.g.
 #   export BIOPLAUS_TEST_POSTGRES_URL=postgresql://bioplaus:bioplaus@127.0.0.1:5432/bioplaus
+# Use: eval "$(bash .ci/postgres.sh | grep '^export ')"
 #
 # Environment (optional): PGPORT (default 5432), BIOPLAUS_PG_USER / _PASSWORD / _DB (default bioplaus).
 set -euo pipefail
@@ -87,4 +88,4 @@ if ! python3 -c "import psycopg2" >/dev/null 2>&1; then
     log "note: the Python driver is missing: pip install psycopg2-binary (or pip install -e '.[test]')"
 fi
 log "PostgreSQL $VER ready on 127.0.0.1:$PORT"
-echo "BIOPLAUS_TEST_POSTGRES_URL=$URL"
+echo "export BIOPLAUS_TEST_POSTGRES_URL=$URL"

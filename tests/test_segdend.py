@@ -53,12 +53,17 @@ def test_float64_selectable_and_close_to_float32(digits):
     np.testing.assert_allclose(m32.W_[1], m64.W_[1], rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("batch_size", [1, 4])
-def test_chunked_partial_fit_equals_one_call(digits, batch_size):
+@pytest.mark.parametrize("batch_size, deferred", [(1, False), (4, False), (1, True)])
+def test_chunked_partial_fit_equals_one_call(digits, batch_size, deferred, monkeypatch):
+    if deferred:  # online updates kept pending across partial_fit calls
+        monkeypatch.setattr(core, "DEFER_MIN_SIZE", 1)
+        monkeypatch.setattr(core, "DEFER_RANK", 5)
     X, y = digits
     X, y = X[:96], y[:96]
     kw = dict(hidden_layer_sizes=(16,), batch_size=batch_size, random_state=0, use_conductances=True,
               l_f_phase=6, l_t_phase=5, use_spiking_feedback=True, use_rand_plateau_times=True)
+    if deferred:
+        kw = dict(hidden_layer_sizes=(16,), random_state=0)
     one = SegregatedDendriteClassifier(**kw).partial_fit(X, y, classes=np.arange(10))
     parts = SegregatedDendriteClassifier(**kw)
     for s in range(0, 96, 32):

@@ -30,8 +30,10 @@ trial that first asked for it:
   origin's seed. If two workers re-queue the same orphan, the copy with the
   higher number is skipped: each slot ends with exactly one COMPLETE trial.
 
-So the study ends with exactly ``n_trials`` COMPLETE trials, whose origins are
-``0 … n_trials-1`` unless an evaluation error retired a slot. A trial's seeds
+So the study ends with exactly ``n_trials`` COMPLETE trials, one per slot.
+When no worker died and no evaluation failed, the slots are trials
+``0 … n_trials-1``; otherwise re-queued copies and replacements take later
+numbers. A trial's seeds
 (model initialisation, shuffling, and the sampler's draw) derive from the
 study seed and the trial number (origin) only (see :mod:`bioplaus.seeding`):
 with the ``random`` sampler, trial ``k`` evaluates the same configuration with
@@ -59,18 +61,30 @@ file included, which has no heartbeat of its own. On an RDB storage optuna's
 own heartbeat is enabled as well (``RDBStorage(heartbeat_interval,
 grace_period)``: the same thread calls ``record_heartbeat`` and each loop calls
 ``optuna.storages.fail_stale_trials``): its staleness is judged on the
-database server's clock, so it is immune to clock skew between nodes. Whichever
-detects a dead trial first moves it RUNNING → FAIL; that transition is atomic
-in both storages (row lock / ordered journal), and re-queueing goes through
-the orphan rule above, so a trial is never re-queued twice into the COMPLETE
-set. A worker wrongly declared dead (e.g. suspended, then resumed) finds its
-trial finished when it reports, discards its result and carries on.
+database server's clock, so it is immune to clock skew between nodes. There
+optuna's check decides and the heartbeat attribute is only a backstop (a
+worker killed before its first optuna heartbeat), judged with two more
+heartbeat intervals of margin; on PostgreSQL each session also gets
+``idle_in_transaction_session_timeout = stale_after``, so a frozen worker
+cannot hold a row lock for ever. Whichever detects a dead trial first moves
+it RUNNING → FAIL; that transition is atomic in both storages (row lock /
+ordered journal), and re-queueing goes through the orphan rule above, so a
+configuration is never evaluated twice into the COMPLETE set. A worker
+wrongly declared dead (e.g. suspended, then resumed) finds its trial finished
+when it reports, discards its result and carries on.
 
 ``heartbeat_seconds`` and ``stale_after`` default to 20 s and 120 s; set them
 with the environment variables ``BIOPLAUS_HEARTBEAT_SECONDS`` and
-``BIOPLAUS_STALE_AFTER_SECONDS`` (same value for every worker of a study).
-``stale_after`` must exceed the longest pause of a live worker's heartbeat
-thread (a heavily loaded node, a slow storage).
+``BIOPLAUS_STALE_AFTER_SECONDS`` (same values for every worker of a study;
+``stale_after`` at least twice ``heartbeat_seconds``, and longer than any pause
+of a live worker's heartbeat thread: a heavily loaded node, a slow storage).
+
+Tables
+------
+``trials.csv`` lists the evaluated trials: COMPLETE ones, FAIL ones (an
+evaluation error, or a worker that died, with a message). Skipped trials
+(never evaluated) stay in the storage only, so the tables of a study do not
+depend on how many workers ran it.
 """
 
 from __future__ import annotations
@@ -166,9 +180,9 @@ def liveness_settings(
     """``(heartbeat_seconds, stale_after)``: the arguments, else the environment, else the defaults."""
     hb = heartbeat_seconds if heartbeat_seconds is not None else _env_seconds(HEARTBEAT_ENV, HEARTBEAT_SECONDS)
     stale = stale_after if stale_after is not None else _env_seconds(STALE_AFTER_ENV, STALE_AFTER_SECONDS)
-    if stale <= hb:
+    if stale < 2 * hb:
         raise ConfigError(
-            f"stale_after ({stale:g} s, {STALE_AFTER_ENV}) must exceed heartbeat_seconds "
+            f"stale_after ({stale:g} s, {STALE_AFTER_ENV}) must be at least twice heartbeat_seconds "
             f"({hb:g} s, {HEARTBEAT_ENV}), or live workers would be declared dead"
         )
     return float(hb), float(stale)
@@ -193,10 +207,16 @@ def open_storage(
     storage = str(storage)
     if "://" in storage:
         hb, stale = liveness_settings(heartbeat_seconds, stale_after)
+        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if storage.startswith(("postgresql:", "postgresql+psycopg2:")):
+            # a frozen worker must not hold row locks for ever: the server ends a
+            # session left idle inside a transaction once the worker counts as dead
+            engine_kwargs["connect_args"] = {
+                "options": f"-c idle_in_transaction_session_timeout={int(stale * 1000)}"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                storage, engine_kwargs={"pool_pre_ping": True},
+                storage, engine_kwargs=engine_kwargs,
                 heartbeat_interval=max(1, int(round(hb))), grace_period=max(1, int(math.ceil(stale))),
                 heartbeat_stale_trial_callback=_log_stale,
             )
@@ -282,10 +302,16 @@ def recover_stale_trials(study: optuna.Study, stale_after: float | None = None) 
     recovered = []
     now = time.time()
     storage = study._storage  # optuna has no public API to fail another process's trial
+    # with optuna's heartbeat on (RDB), it decides on the server's clock; the
+    # heartbeat attribute is then a backstop (e.g. a worker killed before its
+    # first optuna heartbeat), judged with a margin of two heartbeat intervals
+    attr_stale_after = stale_after
+    if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
+        attr_stale_after = stale_after + 2 * storage.get_heartbeat_interval()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("worker") == _worker_id():
             continue
-        reason = _stale_reason(t, now, stale_after)
+        reason = _stale_reason(t, now, attr_stale_after)
         if reason is None:
             continue
         try:
@@ -443,6 +469,46 @@ def _skip(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
+def _run_trial(study, trial, settings, space, X, y, input_shape, split_seed, n_jobs,
+               known_complete: set[int] | None) -> str | None:
+    """Admit, evaluate and tell one asked trial. Returns the status line, None if the
+    trial was skipped, or ``"duplicate …"`` if it was skipped as a concurrent duplicate.
+    ``known_complete``: COMPLETE trials before the ask (None: no duplicate check)."""
+    origin = int(trial.user_attrs.get("origin", trial.number))
+    reason = _skip_reason(trial.number, origin, study.get_trials(deepcopy=False), settings.n_trials)
+    if reason is not None:
+        _skip(study, trial, reason)
+        return None
+    trial.set_user_attr("origin", origin)
+    params = suggest_all(trial, space)
+    if known_complete is not None and origin == trial.number:
+        dup = _concurrent_duplicate(trial.number, params, study.get_trials(deepcopy=False), known_complete)
+        if dup is not None:
+            reason = f"duplicate: same configuration as trial {dup}, asked concurrently"
+            _skip(study, trial, reason)
+            return reason
+    seed = derive_seed(settings.seed, INIT, origin)
+    trial.set_user_attr("seed", seed)
+    t0 = time.perf_counter()
+    result = evaluate(
+        settings.model, params, X, y,
+        input_shape=input_shape, n_folds=settings.n_folds, epochs=settings.epochs,
+        split_seed=split_seed, init_seed=seed, options=settings.options,
+        time_limit=settings.time_limit, n_jobs=n_jobs,
+    )
+    wall = time.perf_counter() - t0
+    for key, val in result.as_record().items():
+        trial.set_user_attr(key, val)
+    trial.set_user_attr("duration_seconds", wall)
+    if result.error:
+        study.tell(trial, state=TrialState.FAIL)
+        return f"FAILED ({result.message})"
+    study.tell(trial, result.objective())
+    flags = [f for f in ("invalid", "diverged", "timed_out") if getattr(result, f)]
+    acc = "n/a" if math.isnan(result.accuracy) else f"{result.accuracy:.4f}"
+    return f"accuracy {acc}" + (f" [{', '.join(flags)}]" if flags else "")
+
+
 def run_worker(
     settings: StudySettings,
     storage,
@@ -490,51 +556,28 @@ def run_worker(
         with warnings.catch_warnings():  # optuna warns that its heartbeat is meant for optimize()
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = study.ask()
-        origin = int(trial.user_attrs.get("origin", trial.number))
         trial.set_user_attr("worker", _worker_id())
-        trial.set_user_attr("heartbeat", time.time())
-        reason = _skip_reason(trial.number, origin, study.get_trials(deepcopy=False), settings.n_trials)
-        if reason is not None:
-            _skip(study, trial, reason)
-            continue
-        trial.set_user_attr("origin", origin)
-        params = suggest_all(trial, space)
-        if check_duplicates and origin == trial.number:
-            dup = _concurrent_duplicate(trial.number, params, study.get_trials(deepcopy=False), known_complete)
-            if dup is not None:
-                _skip(study, trial, f"same configuration as trial {dup}, asked concurrently")
-                retries += 1
-                _log(f"[{name}] trial {trial.number}: same configuration as trial {dup}: asking again")
-                time.sleep(random.uniform(0, min(5.0, 0.5 * retries)))  # break lockstep
-                continue
-        retries = 0
-        seed = derive_seed(settings.seed, INIT, origin)
-        trial.set_user_attr("seed", seed)
-        with _Heartbeat(study, trial, hb):
-            t0 = time.perf_counter()
-            result = evaluate(
-                settings.model, params, X, y,
-                input_shape=input_shape, n_folds=settings.n_folds, epochs=settings.epochs,
-                split_seed=split_seed, init_seed=seed, options=settings.options,
-                time_limit=settings.time_limit, n_jobs=n_jobs,
-            )
-            wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
         try:
-            for key, val in result.as_record().items():
-                trial.set_user_attr(key, val)
-            trial.set_user_attr("duration_seconds", wall)
-            if result.error:
-                study.tell(trial, state=TrialState.FAIL)
-                status = f"FAILED ({result.message})"
-            else:
-                study.tell(trial, result.objective())
-                flags = [f for f in ("invalid", "diverged", "timed_out") if getattr(result, f)]
-                acc = "n/a" if math.isnan(result.accuracy) else f"{result.accuracy:.4f}"
-                status = f"accuracy {acc}" + (f" [{', '.join(flags)}]" if flags else "")
+            # the heartbeat covers the whole trial, the sampler's choice included
+            # (optuna samples lazily, at the first suggest: a GP fit can take seconds)
+            with _Heartbeat(study, trial, hb):
+                status = _run_trial(study, trial, settings, space, X, y, input_shape, split_seed, n_jobs,
+                                    known_complete if check_duplicates else None)
         except UpdateFinishedTrialError:
             _log(f"[{name}] trial {trial.number}: another worker declared this worker dead (heartbeat late) "
-                 f"and failed the trial; its result ({wall:.1f} s) is discarded, the configuration was re-queued")
+                 f"and failed the trial; its result ({time.perf_counter() - t0:.1f} s) is discarded, "
+                 "the configuration was re-queued")
             continue
+        wall = time.perf_counter() - t0
+        if status is None:  # skipped: not evaluated
+            continue
+        if status.startswith("duplicate"):
+            retries += 1
+            _log(f"[{name}] trial {trial.number}: {status}: asking again")
+            time.sleep(random.uniform(0, min(5.0, 0.5 * retries)))  # break the lockstep of simultaneous asks
+            continue
+        retries = 0
         plan = plan_slots(study.get_trials(deepcopy=False), settings.n_trials)
         try:
             best = f"; best {study.best_value:.4f} (trial {study.best_trial.number})"

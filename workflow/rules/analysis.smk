@@ -16,6 +16,7 @@ rule summary:
         ref=REF_ARG,
     log:
         f"{LOGS}/summary.log",
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
@@ -40,6 +41,7 @@ rule figure_robustness:
         stem=lambda w, output: output.png[: -len(".png")],
     log:
         f"{LOGS}/figures/robustness_{{sampler}}.log",
+    threads: 1
     resources:
         mem_mb=1500,
         runtime=10,
@@ -80,6 +82,7 @@ rule figure_learns:
         stem=lambda w, output: output.png[: -len(".png")],
     log:
         f"{LOGS}/figures/learns_curves.log",
+    threads: 1
     resources:
         mem_mb=1500,
         runtime=10,
@@ -107,6 +110,7 @@ rule importance:
         stem=lambda w, output: output.png[: -len(".png")],
     log:
         f"{LOGS}/importance/{{dataset}}_{{model}}.log",
+    threads: 1
     resources:
         mem_mb=1500,
         runtime=20,
@@ -131,6 +135,7 @@ rule sensitivity:
         stem=lambda w, output: output.png[: -len(".png")],
     log:
         f"{LOGS}/sensitivity/{{dataset}}_{{model}}.log",
+    threads: 1
     resources:
         mem_mb=1500,
         runtime=10,
@@ -152,6 +157,7 @@ rule comparison:
         seed=config.get("seed", 1),
     log:
         f"{LOGS}/comparison.log",
+    threads: 1
     resources:
         mem_mb=1000,
         runtime=10,

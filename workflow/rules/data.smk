@@ -12,6 +12,7 @@ rule download_data:
         data_dir=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
     log:
         f"{LOGS}/download/{{dataset}}.log",
+    threads: 1
     resources:
         mem_mb=500,
         runtime=60,
@@ -38,6 +39,7 @@ rule prepare_data:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
+    threads: 1
     resources:
         mem_mb=lambda w: 3 * _DATASET_MB.get(w.dataset, 1000) + 500,
         runtime=30,

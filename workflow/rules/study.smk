@@ -86,6 +86,7 @@ else:
             args=study_args,
             opt=optimiser_args,
             outdir=lambda w, output: os.path.dirname(output.trials),
+        threads: 1
         resources:
             mem_mb=1000,
             runtime=10,
