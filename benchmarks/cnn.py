@@ -15,7 +15,15 @@ accuracy and wall time, the mean accuracy and the total wall time. Folds run
 one after the other with ``--threads`` threads each, or ``--fold-jobs`` at a
 time in separate processes (as the pipeline runs them).
 
+Memory (``--memory SHAPE``, SHAPE ``28`` = 1x28x28 or ``32`` = 3x32x32): peak
+memory of one training step (``partial_fit`` on one batch) of the search
+space's largest configuration: batch 500, 64 channels and kernel 10 in every
+block, stride 1, padding 3, as many blocks as fit (2 on 28x28, 3 on 32x32).
+Prints the process's peak RSS (``resource.getrusage``; run it in a fresh
+process, one SHAPE per run) and tracemalloc's peak of the step.
+
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cnn.py
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cnn.py --memory 32
     python benchmarks/cnn.py --evaluate mnist-5k --evaluate fashion --threads 1 --fold-jobs 2
 """
 
@@ -154,6 +162,37 @@ def breakdown(repeats):
           f"(plus linear layer, loss, Adam)")
 
 
+def memory(side, n_jobs):
+    """Peak RSS and tracemalloc peak (MiB) of one training step of the largest
+    configuration on ``side`` x ``side`` images (1 channel for 28, 3 for 32)."""
+    import resource
+    import tracemalloc
+
+    shape = (1, 28, 28) if side == 28 else (3, side, side)
+    n_blocks = 2 if side == 28 else 3
+    spec = get_model("cnn")
+    params = dict(spec.default_params, batch_size=500, num_layers=n_blocks, stride=1, padding=3,
+                  **{f"ch_{i}": 64 for i in range(1, 6)}, **{f"k_{i}": 10 for i in range(1, 6)})
+    model = spec.build(params, input_shape=shape, n_classes=10, epochs=1, random_state=0,
+                       options={"n_jobs": n_jobs})
+    rng = np.random.default_rng(0)
+    X = rng.random((500, int(np.prod(shape))), dtype=np.float32)
+    y = np.arange(500) % 10
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    tracemalloc.start()
+    start = time.perf_counter()
+    model.partial_fit(X, y, classes=np.arange(10))
+    wall = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"largest CNN on {shape}: {n_blocks} blocks x 64 channels, kernel 10, stride 1, "
+          f"padding 3, batch 500, threads={n_jobs}, max_patch_mb="
+          f"{model.get_params().get('max_patch_mb', 'n/a')}: one training step {wall:.1f} s, "
+          f"peak RSS {rss:.0f} MiB (before the step {rss_before:.0f} MiB), "
+          f"tracemalloc peak {traced:.0f} MiB")
+
+
 def evaluate(dataset, folds, epochs, n_jobs, fold_jobs, seed):
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
@@ -196,8 +235,14 @@ def main(argv=None):
     parser.add_argument("--fold-jobs", type=int, default=1,
                         help="folds trained at once in separate processes (as the pipeline)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--memory", type=int, choices=(28, 32), metavar="SHAPE",
+                        help="peak memory of one training step of the largest configuration "
+                             "on 28 (1x28x28) or 32 (3x32x32) images instead of the speed "
+                             "figures (uses --threads)")
     args = parser.parse_args(argv)
-    if args.evaluate:
+    if args.memory:
+        memory(args.memory, args.threads)
+    elif args.evaluate:
         for dataset in args.evaluate:
             evaluate(dataset, args.folds, args.epochs, args.threads, args.fold_jobs, args.seed)
     else:

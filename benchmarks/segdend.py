@@ -104,7 +104,7 @@ def main():
     args = parser.parse_args()
     X, y = fashion()
     cases = [("non-spiking", 1, 3000, 10000), ("non-spiking", 100, 20000, 10000),
-             ("spiking", 1, 100, 500), ("spiking", 100, 500, 500)]
+             ("spiking", 1, 50, 200), ("spiking", 100, 300, 200)]
     print(f"{'mode':12s} {'batch':>5s} {'train ms/ex':>12s} {'test ms/ex':>11s} "
           f"{'train speed-up':>15s} {'test speed-up':>14s}")
     with threadpool_limits(1):

@@ -121,6 +121,26 @@ def test_prediction_uses_running_statistics_not_the_batch(digits):
         np.testing.assert_allclose(model.predict_proba(X_test), whole, rtol=1e-5, atol=1e-7)
 
 
+def test_small_patch_budget_changes_only_rounding(digits):
+    """max_patch_mb bounds the im2col buffer: a budget of a few images' patches
+    (chunked convolutions in training and prediction) trains the same network
+    as the default budget (one chunk per batch), up to float32 rounding."""
+    X_train, X_test, y_train, _ = digits
+    default = CNNClassifier(epochs=1, batch_size=64, random_state=3, shuffle=False)
+    default.partial_fit(X_train[:128], y_train[:128], classes=np.arange(10))
+    # block 1 (8x8 positions x 5*5 entries x 4 bytes = 6400 bytes per image)
+    # and block 2 (4x4 x 5*5*16 x 4 = 25600): chunks of 16 and 4 images
+    small = clone(default).set_params(max_patch_mb=100_000 / 2**20)
+    small.partial_fit(X_train[:128], y_train[:128], classes=np.arange(10))
+    assert small.network_.max_patch_bytes == 100_000
+    assert small._predict_chunk() == 100_000 // 25600
+    np.testing.assert_allclose(small.loss_, default.loss_, rtol=1e-5)
+    for a, b in zip(small.network_.parameters(), default.network_.parameters()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(small.predict_proba(X_test), default.predict_proba(X_test),
+                               rtol=1e-3, atol=1e-4)
+
+
 def test_two_threads_match_one(digits):
     X_train, X_test, y_train, _ = digits
     one = CNNClassifier(epochs=1, batch_size=64, random_state=3).fit(X_train, y_train)
@@ -159,7 +179,8 @@ def test_pooling_below_one_pixel_is_invalid():
                                         ("stride", 0), ("padding", -1), ("n_blocks", 0),
                                         ("channels", (4,)), ("kernel_sizes", (3, 0)),
                                         ("input_shape", (8, 8)), ("n_jobs", 0),
-                                        ("bn_momentum", 2.0)])
+                                        ("bn_momentum", 2.0), ("max_patch_mb", 0),
+                                        ("max_patch_mb", float("nan"))])
 def test_bad_hyperparameters_name_the_parameter(digits, name, value):
     X_train, _, y_train, _ = digits
     model = CNNClassifier(n_blocks=2, channels=(4, 4), kernel_sizes=(3, 3), padding=1)
@@ -283,7 +304,7 @@ def test_registry_entry_builds_the_sampled_configuration():
 def test_default_configuration_trains_from_flat_rows():
     spec = get_model("cnn")
     model = spec.build(spec.default_params, input_shape=(1, 28, 28), n_classes=10, epochs=1,
-                       random_state=0, options={"n_jobs": 2})
+                       random_state=0, options={"n_jobs": 2, "max_patch_mb": 64})
     rng = np.random.default_rng(0)
     X = rng.random((120, 784), dtype=np.float32)
     y = np.repeat(np.arange(10), 12)

@@ -1,12 +1,16 @@
 """Forward values against direct loop implementations, and finite-difference
 gradient checks (float64) of every CNN layer and of the whole network, with
-stride and padding other than 1 and odd feature-map sizes."""
+stride and padding other than 1 and odd feature-map sizes; chunked (bounded
+im2col buffer) convolutions against unchunked ones, and the memory bound."""
+
+import tracemalloc
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from bioplaus.models import _cnn_layers as L
-from bioplaus.models._cnn_network import BN_EPS, ConvNet
+from bioplaus.models._cnn_network import BN_EPS, ConvNet, feature_map_shapes
 
 RTOL = 1e-6
 
@@ -228,3 +232,132 @@ def test_running_statistics_update():
     net.forward_train([x[:1], x[1:]])
     np.testing.assert_allclose(net.running_means[0], 0.25 * z.mean(0))
     np.testing.assert_allclose(net.running_vars[0], 0.75 + 0.25 * z.var(0, ddof=1))
+
+
+# ---------------------------------------------------------------------------
+# bounded im2col buffer: chunked convolutions
+# ---------------------------------------------------------------------------
+
+
+def patch_bytes_per_image(h, w, c, k, stride, padding, itemsize):
+    return (L.conv_output_size(h, k, stride, padding) * L.conv_output_size(w, k, stride, padding)
+            * k * k * c * itemsize)
+
+
+@pytest.mark.parametrize("h,w,c,f,k,stride,padding", GEOMETRIES)
+@pytest.mark.parametrize("images_per_chunk", [1, 2])
+def test_chunked_conv_equals_unchunked(h, w, c, f, k, stride, padding, images_per_chunk):
+    """A patch budget of one or two images (5 images: chunks 1+1+1+1+1 or
+    2+2+1) gives the unchunked output and gradients, which are checked by
+    finite differences too."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, h, w, c))
+    weight = rng.standard_normal((k, k, c, f))
+    budget = images_per_chunk * patch_bytes_per_image(h, w, c, k, stride, padding, 8)
+    whole, whole_cache = L.conv_forward(x, weight, stride, padding)
+    out, cache = L.conv_forward(x, weight, stride, padding, max_patch_bytes=budget)
+    assert whole_cache[0] is not None and whole_cache[-1] == 5  # one chunk, patches kept
+    assert cache[0] is None and cache[-1] == images_per_chunk  # chunked, only x kept
+    np.testing.assert_allclose(out, whole, rtol=1e-10, atol=1e-12)
+    probe = rng.standard_normal(out.shape)
+    dx_whole, dweight_whole = L.conv_backward(probe, whole_cache)
+    dx, dweight = L.conv_backward(probe, cache)
+    np.testing.assert_allclose(dx, dx_whole, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dweight, dweight_whole, rtol=1e-10, atol=1e-12)
+
+    def loss():
+        return float(np.sum(L.conv_forward(x, weight, stride, padding, budget)[0] * probe))
+
+    assert_gradient(dweight, loss, weight)
+    assert_gradient(dx, loss, x, n_entries=20, rng=rng)
+
+
+def test_chunk_size_follows_the_budget():
+    # 28x28, kernel 5, padding 2: 784 positions x 25 entries x 4 bytes per image
+    per_image = 784 * 25 * 4
+    assert L.conv_chunk_size(100, 28, 28, 1, 5, 1, 2, 4, 10 * per_image) == 10
+    assert L.conv_chunk_size(100, 28, 28, 1, 5, 1, 2, 4, 10 * per_image - 1) == 9
+    assert L.conv_chunk_size(100, 28, 28, 1, 5, 1, 2, 4, 1) == 1  # at least one image
+    assert L.conv_chunk_size(100, 28, 28, 1, 5, 1, 2, 4, 10**9) == 100  # at most n
+    # the default budget holds the default architecture's batch of 100 (one
+    # chunk, as before chunking): block 2 is 14x14 positions x 5*5*16 entries
+    assert L.conv_chunk_size(100, 14, 14, 16, 5, 1, 2, 4) == 100
+    assert 100 * 14 * 14 * 400 * 4 <= L.PATCH_BUDGET_BYTES
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_chunked_network_equals_unchunked(dtype, rtol):
+    """Whole network with a patch budget of a few images per chunk vs one
+    chunk: same logits, loss gradients and running statistics up to rounding."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((9, 11, 9, 2)).astype(dtype)
+    targets = rng.integers(0, 3, 9)
+    results = []
+    for budget in (None, 3 * patch_bytes_per_image(11, 9, 2, 4, 2, 3, x.itemsize)):
+        net = ConvNet((2, 11, 9), channels=(3, 4), kernel_sizes=(4, 3), stride=2, padding=3,
+                      n_classes=3, rng=np.random.default_rng(7), dtype=dtype,
+                      max_patch_bytes=budget)
+        logits, cache = net.forward_train([x[:4], x[4:]])
+        chunks = [shard[-1] for shard in cache[0][0][0]]  # block 1's chunk sizes
+        _, dlogits = L.softmax_cross_entropy(logits, targets)
+        grads = net.backward(dlogits, cache)
+        results.append((logits, grads, net.running_means + net.running_vars, chunks,
+                        net.forward_eval([x])))
+    (logits, grads, stats, chunks, eval_logits), (c_logits, c_grads, c_stats, c_chunks,
+                                                  c_eval) = results
+    assert chunks == [4, 5] and c_chunks == [3, 3]
+    np.testing.assert_allclose(c_logits, logits, rtol=rtol, atol=rtol * np.abs(logits).max())
+    np.testing.assert_allclose(c_eval, eval_logits, rtol=rtol,
+                               atol=rtol * np.abs(eval_logits).max())
+    for g, cg in zip(grads, c_grads):
+        np.testing.assert_allclose(cg, g, rtol=rtol, atol=rtol * np.abs(g).max())
+    for s, cs in zip(stats, c_stats):
+        np.testing.assert_allclose(cs, s, rtol=rtol)
+
+
+def traced_peak_bytes(fn):
+    """Peak bytes allocated (numpy included) by fn() above what was allocated
+    before it, measured with tracemalloc."""
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+
+
+def test_training_step_memory_is_bounded_by_the_patch_budget():
+    """One training step (forward and backward) of 64 images, 28x28, blocks of
+    16 and 64 channels with kernel 10 and padding 3. Unchunked, the patch
+    matrices are 16 MB (block 1) and 33 MB (block 2); with a 1 MiB budget the
+    peak must stay within one buffer per block (kept for backward when it fits)
+    plus one being built, plus five copies of the conv outputs (the output,
+    its normalised copy, the batch-norm output and two backward temporaries)."""
+    n, budget = 64, 2**20
+    shape, channels, kernels, padding = (1, 28, 28), (16, 64), (10, 10), 3
+    rng = np.random.default_rng(11)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    targets = rng.integers(0, 10, n)
+    conv_outputs = 0
+    for ch, cw, _, _, f in feature_map_shapes(shape, channels, kernels, 1, padding):
+        conv_outputs += n * ch * cw * f * 4
+    bound = (len(channels) + 1) * budget + 5 * conv_outputs + x.nbytes
+
+    def step(max_patch_bytes):
+        net = ConvNet(shape, channels, kernels, 1, padding, n_classes=10,
+                      rng=np.random.default_rng(0), max_patch_bytes=max_patch_bytes)
+        logits, cache = net.forward_train([x])
+        _, dlogits = L.softmax_cross_entropy(logits, targets)
+        grads = net.backward(dlogits, cache)
+        assert all(np.isfinite(g).all() for g in grads)
+
+    with threadpool_limits(1):  # BLAS threads only slow these tall, narrow products
+        bounded = traced_peak_bytes(lambda: step(budget))
+        unbounded = traced_peak_bytes(lambda: step(2**40))  # one chunk per layer, as before
+    assert bounded < bound, (bounded, bound)
+    assert unbounded > bound  # the bound is tight enough to catch whole patch matrices

@@ -3,7 +3,9 @@
 Every feature map is stored channels-last, ``(n, height, width, channels)``
 ("NHWC"), so that a convolution is one im2col copy through a strided view plus
 one matrix product whose result *is* the next NHWC map (no transposes). The
-functions work in the dtype of their inputs: float32 in training, float64 in
+im2col copy is made for chunks of images whose patch matrix fits in a bounded
+buffer (:data:`PATCH_BUDGET_BYTES` by default), so a convolution's memory does
+not grow with k*k*c beyond that buffer. The functions work in the dtype of their inputs: float32 in training, float64 in
 the gradient-check tests.
 
 Shapes used below: ``n`` images, ``h x w`` spatial size, ``c`` input
@@ -36,53 +38,133 @@ def pool_output_size(size: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-def conv_forward(x, weight, stride, padding):
-    """2-D convolution (cross-correlation) of NHWC maps.
+#: default upper bound of the im2col patch buffer of one convolution call
+#: (bytes); see :func:`conv_forward`
+PATCH_BUDGET_BYTES = 64 * 2**20
 
-    x: ``(n, h, w, c)``; weight: ``(k, k, c, f)``; returns ``(out, cache)``
-    with out ``(n, ho, wo, f)``, ``ho = (h + 2p - k) // s + 1``.
-    The im2col matrix ``(n*ho*wo, k*k*c)`` (columns ordered kernel row,
-    kernel column, channel) is kept in the cache for the backward pass.
-    """
-    n, h, w, c = x.shape
-    k, _, _, f = weight.shape
+
+def conv_chunk_size(n, h, w, c, k, stride, padding, itemsize, max_patch_bytes=None):
+    """Images whose im2col patches fit in ``max_patch_bytes`` (default
+    :data:`PATCH_BUDGET_BYTES`): between 1 and ``n``. One image's patches take
+    ``ho * wo * k * k * c * itemsize`` bytes."""
+    budget = PATCH_BUDGET_BYTES if max_patch_bytes is None else max_patch_bytes
     ho = conv_output_size(h, k, stride, padding)
     wo = conv_output_size(w, k, stride, padding)
+    per_image = max(ho * wo * k * k * c * itemsize, 1)
+    return int(min(max(budget // per_image, 1), max(n, 1)))
+
+
+def _im2col(x, k, stride, padding, ho, wo, out=None, padded=None):
+    """Patch matrix ``(n*ho*wo, k*k*c)`` of NHWC maps x ``(n, h, w, c)``,
+    columns ordered kernel row, kernel column, channel.
+
+    out: optional flat buffer of at least ``n*ho*wo*k*k*c`` elements to write
+    the patches into; padded: optional zero-bordered buffer ``(>= n, h+2p,
+    w+2p, c)`` whose interior receives x (its border must be zero).
+    """
+    n, h, w, c = x.shape
     if padding:
-        xp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
+        if padded is None:
+            xp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
+        else:
+            xp = padded[:n]
         xp[:, padding : padding + h, padding : padding + w, :] = x
     else:
         xp = x
     # (n, hp-k+1, wp-k+1, c, k, k) view -> stride -> (n, ho, wo, k, k, c)
     windows = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]
     windows = windows[:, :ho, :wo].transpose(0, 1, 2, 4, 5, 3)
-    cols = np.empty((n, ho, wo, k, k, c), dtype=x.dtype)
+    size = n * ho * wo * k * k * c
+    if out is None:
+        cols = np.empty((n, ho, wo, k, k, c), dtype=x.dtype)
+    else:
+        cols = out[:size].reshape(n, ho, wo, k, k, c)
     np.copyto(cols, windows)
-    cols = cols.reshape(n * ho * wo, k * k * c)
-    out = cols @ weight.reshape(k * k * c, f)
-    return out.reshape(n, ho, wo, f), (cols, x.shape, weight, stride, padding)
+    return cols.reshape(n * ho * wo, k * k * c)
+
+
+class _PatchChunks:
+    """Patch matrices of consecutive chunks of ``chunk`` images of x
+    ``(n, h, w, c)``, built into one reused buffer (and one reused padded
+    buffer): ``for rows, cols in _PatchChunks(...)`` yields the output-row
+    slice ``rows`` of ``(n*ho*wo, ...)`` and its patches ``(len(rows), k*k*c)``
+    (valid until the next step)."""
+
+    def __init__(self, x, k, stride, padding, ho, wo, chunk):
+        self.x, self.k, self.stride, self.padding = x, k, stride, padding
+        self.ho, self.wo, self.chunk = ho, wo, chunk
+
+    def __iter__(self):
+        x, k, p, chunk = self.x, self.k, self.padding, self.chunk
+        n, h, w, c = x.shape
+        per_image = self.ho * self.wo
+        buffer = np.empty(chunk * per_image * k * k * c, dtype=x.dtype)
+        padded = np.zeros((chunk, h + 2 * p, w + 2 * p, c), dtype=x.dtype) if p else None
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            cols = _im2col(x[a:b], k, self.stride, p, self.ho, self.wo, out=buffer, padded=padded)
+            yield slice(a * per_image, b * per_image), cols
+
+
+def conv_forward(x, weight, stride, padding, max_patch_bytes=None):
+    """2-D convolution (cross-correlation) of NHWC maps.
+
+    x: ``(n, h, w, c)``; weight: ``(k, k, c, f)``; returns ``(out, cache)``
+    with out ``(n, ho, wo, f)``, ``ho = (h + 2p - k) // s + 1``.
+
+    The im2col matrix ``(n*ho*wo, k*k*c)`` (columns ordered kernel row,
+    kernel column, channel) is built for chunks of images whose patches fit in
+    ``max_patch_bytes`` (default :data:`PATCH_BUDGET_BYTES`). When all n images
+    fit (one chunk) the matrix is kept in the cache for the backward pass, as
+    it is no larger than the budget; otherwise only the input x is kept and
+    :func:`conv_backward` rebuilds the patches chunk by chunk.
+    """
+    n, h, w, c = x.shape
+    k, _, _, f = weight.shape
+    ho = conv_output_size(h, k, stride, padding)
+    wo = conv_output_size(w, k, stride, padding)
+    chunk = conv_chunk_size(n, h, w, c, k, stride, padding, x.dtype.itemsize, max_patch_bytes)
+    weight2 = weight.reshape(k * k * c, f)
+    if chunk >= n:
+        cols = _im2col(x, k, stride, padding, ho, wo)
+        out = cols @ weight2
+        return out.reshape(n, ho, wo, f), (cols, None, x.shape, weight, stride, padding, chunk)
+    out = np.empty((n * ho * wo, f), dtype=np.result_type(x.dtype, weight.dtype))
+    for rows, cols in _PatchChunks(x, k, stride, padding, ho, wo, chunk):
+        np.matmul(cols, weight2, out=out[rows])
+    return out.reshape(n, ho, wo, f), (None, x, x.shape, weight, stride, padding, chunk)
 
 
 def conv_backward(dout, cache, need_dx=True):
     """Gradients of :func:`conv_forward`.
 
     dout: ``(n, ho, wo, f)``. Returns ``(dx, dweight)``; dx is ``None`` when
-    ``need_dx`` is false (the first layer needs no input gradient).
+    ``need_dx`` is false (the first layer needs no input gradient). The weight
+    gradient uses the cached patch matrix, or rebuilds it chunk by chunk (same
+    chunks as the forward pass) when the forward pass did not keep it.
     """
-    cols, x_shape, weight, stride, padding = cache
+    cols, x, x_shape, weight, stride, padding, chunk = cache
     n, h, w, c = x_shape
     k = weight.shape[0]
     f = weight.shape[3]
     _, ho, wo, _ = dout.shape
     dout2 = dout.reshape(-1, f)
-    dweight = (cols.T @ dout2).reshape(weight.shape)
+    if cols is not None:
+        dweight = (cols.T @ dout2).reshape(weight.shape)
+    else:
+        dweight2 = np.zeros((k * k * c, f), dtype=dout.dtype)
+        product = np.empty_like(dweight2)
+        for rows, chunk_cols in _PatchChunks(x, k, stride, padding, ho, wo, chunk):
+            np.matmul(chunk_cols.T, dout2[rows], out=product)
+            dweight2 += product
+        dweight = dweight2.reshape(weight.shape)
     if not need_dx:
         return None, dweight
     dxp = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=dout.dtype)
     span_h = stride * (ho - 1) + 1
     span_w = stride * (wo - 1) + 1
     # col2im as one (n*ho*wo, f) @ (f, c) product per kernel offset, each added
-    # to the strided window of the padded input it came from
+    # to the strided window of the padded input it came from (needs no patches)
     weight_t = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))  # (k, k, f, c)
     part = np.empty((n, ho, wo, c), dtype=dout.dtype)
     part2 = part.reshape(-1, c)

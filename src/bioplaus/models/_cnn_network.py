@@ -35,11 +35,14 @@ class ConvNet:
     per block; stride, padding: shared by all convolutions (pixels);
     n_classes: outputs of the linear layer; rng: ``numpy.random.Generator``
     or ``RandomState`` for the initial weights; dtype: float32 (training) or
-    float64 (gradient checks).
+    float64 (gradient checks); max_patch_bytes: bound of each convolution's
+    im2col buffer per shard (None: ``_cnn_layers.PATCH_BUDGET_BYTES``), an
+    attribute that may be changed between passes.
     """
 
     def __init__(self, input_shape, channels, kernel_sizes, stride, padding, n_classes,
-                 rng, dtype=np.float32, bn_momentum=0.1):
+                 rng, dtype=np.float32, bn_momentum=0.1, max_patch_bytes=None):
+        self.max_patch_bytes = max_patch_bytes
         self.input_shape = tuple(int(v) for v in input_shape)
         self.stride = int(stride)
         self.padding = int(padding)
@@ -99,7 +102,8 @@ class ConvNet:
         mom = self.bn_momentum
         for i, weight in enumerate(self.conv_weights):
             def conv(x, weight=weight):
-                z, conv_cache = L.conv_forward(x, weight, self.stride, self.padding)
+                z, conv_cache = L.conv_forward(x, weight, self.stride, self.padding,
+                                               self.max_patch_bytes)
                 z2 = z.reshape(-1, z.shape[-1])
                 return z, z2, conv_cache, L.column_sums(z2)
 
@@ -170,7 +174,8 @@ class ConvNet:
         """Logits ``(n, classes)`` of NHWC image shards with the running statistics."""
         def one(x):
             for i, weight in enumerate(self.conv_weights):
-                z, _ = L.conv_forward(x, weight, self.stride, self.padding)
+                z, _ = L.conv_forward(x, weight, self.stride, self.padding,
+                                      self.max_patch_bytes)
                 n, h, wd, f = z.shape
                 zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i],
                                               self.bn_betas[i], self.running_means[i],

@@ -168,9 +168,6 @@ def _per_block(value, n_blocks, name):
     return tuple(int(v) for v in values)
 
 
-#: bytes of im2col matrix per layer allowed at prediction (predict_batch_size=None)
-_PREDICT_BUDGET_BYTES = 64 * 2**20
-
 _IGNORE_FP = dict(over="ignore", invalid="ignore", divide="ignore", under="ignore")
 
 
@@ -200,7 +197,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     shuffle : bool, reshuffle the rows every epoch in :meth:`fit`.
     random_state : int, RandomState or None; initial weights and shuffling.
     predict_batch_size : int or None, images per forward pass at prediction;
-        None: as many as keep each layer's im2col matrix within 64 MiB.
+        None: as many as keep each layer's im2col matrix within ``max_patch_mb``.
+    max_patch_mb : float, bound (MiB) of the im2col patch buffer of one
+        convolution (per thread): larger patch matrices are built, used and
+        discarded chunk by chunk of images, in training (forward and backward)
+        and prediction. A layer whose patches fit keeps them for its backward
+        pass, so a training step holds at most ``n_blocks`` such buffers.
     n_jobs : int or None, threads that share each batch (None: 1; -1: all
         cores). BLAS is held to one thread per worker during fit/predict, since
         OpenBLAS's own threads slow down the CNN's tall, narrow products.
@@ -217,7 +219,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, n_blocks=2, channels=(16, 32), kernel_sizes=(5, 5), stride=1, padding=2,
                  batch_size=100, learning_rate=1e-3, epochs=10, input_shape=None,
                  bn_momentum=0.1, shuffle=True, random_state=None, predict_batch_size=None,
-                 n_jobs=None):
+                 n_jobs=None, max_patch_mb=64):
         self.n_blocks = n_blocks
         self.channels = channels
         self.kernel_sizes = kernel_sizes
@@ -232,6 +234,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.predict_batch_size = predict_batch_size
         self.n_jobs = n_jobs
+        self.max_patch_mb = max_patch_mb
 
     # -- validation -----------------------------------------------------------
 
@@ -254,6 +257,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         lr = self.learning_rate
         if not isinstance(lr, numbers.Real) or not np.isfinite(lr) or lr <= 0:
             raise InvalidConfigurationError(f"learning_rate must be a positive float, got {lr!r}")
+        patch_mb = self.max_patch_mb
+        if (not isinstance(patch_mb, numbers.Real) or isinstance(patch_mb, bool)
+                or not np.isfinite(patch_mb) or patch_mb <= 0):
+            raise InvalidConfigurationError(f"max_patch_mb must be a positive number of MiB, "
+                                            f"got {patch_mb!r}")
         mom = self.bn_momentum
         if not isinstance(mom, numbers.Real) or not 0 <= mom <= 1:
             raise InvalidConfigurationError(f"bn_momentum must be in [0, 1], got {mom!r}")
@@ -317,7 +325,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.network_ = ConvNet(image_shape, channels, kernels, int(self.stride), int(self.padding),
                                 len(classes), rng, dtype=np.float32,
-                                bn_momentum=float(self.bn_momentum))
+                                bn_momentum=float(self.bn_momentum),
+                                max_patch_bytes=self._patch_bytes())
         self._optimizer = Adam(self.network_.parameters())
         self.n_iter_ = 0
         self.t_ = 0
@@ -325,6 +334,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.loss_curve_ = []
         self.diverged_ = False
         self.fit_seconds_ = 0.0
+
+    def _patch_bytes(self):
+        """``max_patch_mb`` in bytes (at least one byte)."""
+        return max(int(float(self.max_patch_mb) * 2**20), 1)
 
     def _encode(self, y):
         """Indices ``(n,)`` of the labels y in ``classes_``."""
@@ -341,6 +354,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             return
         start_time = time.perf_counter()
         net, opt = self.network_, self._optimizer
+        net.max_patch_bytes = self._patch_bytes()
         n = images.shape[0]
         bs = int(self.batch_size)
         lr = float(self.learning_rate)
@@ -418,6 +432,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.diverged_ or n == 0:
             return proba
         step = self._predict_chunk()
+        self.network_.max_patch_bytes = self._patch_bytes()
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, step):
                 xb = images[start:start + step].transpose(0, 2, 3, 1)
@@ -439,7 +454,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             wo = (w + 2 * net.padding - k) // net.stride + 1
             largest = max(largest, ho * wo * k * k * c)
             c, h, w = f, ph, pw
-        return int(np.clip(_PREDICT_BUDGET_BYTES // (4 * largest), 1, 4096))
+        return int(np.clip(self._patch_bytes() // (4 * largest), 1, 4096))
 
     def predict(self, X):
         """Predicted labels ``(n,)`` (the most probable class)."""
@@ -475,7 +490,7 @@ def search_space(options=None):
 
 
 #: keys of ``model_options.cnn`` passed through to the estimator
-_OPTION_KEYS = ("bn_momentum", "predict_batch_size", "n_jobs")
+_OPTION_KEYS = ("bn_momentum", "predict_batch_size", "n_jobs", "max_patch_mb")
 
 
 def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
