@@ -51,7 +51,7 @@ def test_numerical_exception_counts_as_divergence(digits):
 
 def test_time_limit_stops_training_and_tests_the_partial_model(digits):
     res = _eval(digits, {"mode": "slow", "shrink": 1.0}, epochs=50, time_limit=0.2,
-                options={"sleep": 0.05}, chunk_rows=200)
+                options={"sleep": 0.05, "batch_size": 100}, chunk_rows=200)
     assert res.timed_out
     assert all(0 < f.epochs_completed < 50 for f in res.folds)
     assert all(f.fit_seconds < 5 for f in res.folds)

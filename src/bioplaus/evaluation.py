@@ -39,7 +39,8 @@ from bioplaus.seeding import INIT, SPLIT, derive_seed
 
 #: largest number of rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
 DEFAULT_CHUNK_ROWS = 4096
-#: wall seconds a chunk should take: chunks start at one batch and grow to this,
+#: wall seconds a chunk should take: chunks start at one mini-batch and grow
+#: (at most fourfold per chunk) towards this,
 #: so that the time limit is checked often even for slow models
 CHUNK_SECONDS = 2.0
 #: rows per ``predict`` call when testing (bounds the memory of a test pass)
@@ -218,7 +219,7 @@ def run_fold(
             )
             rng = np.random.default_rng(seed)
             max_chunk = _chunk_rows(est, chunk_rows)
-            chunk = _chunk_rows(est, min(chunk_rows, 64))
+            chunk = _batch_size(est)  # start with one mini-batch: a slow model is checked early
             target = CHUNK_SECONDS if time_limit is None else min(CHUNK_SECONDS, max(0.05, time_limit / 10))
             n_train = len(train_idx)
             t0 = time.perf_counter()
@@ -238,7 +239,7 @@ def run_fold(
                         start += len(part)
                         # chunk boundaries fall on whole mini-batches, so adapting them to
                         # the measured speed never changes what is learnt
-                        chunk = min(max_chunk, _chunk_rows(est, int(target / max(per_row, 1e-9))))
+                        chunk = min(max_chunk, 4 * chunk, _chunk_rows(est, int(target / max(per_row, 1e-9))))
                         res.epochs_completed = epoch + start / n_train
                         if _is_diverged(est):
                             res.diverged, stop = True, True
