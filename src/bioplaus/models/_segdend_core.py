@@ -105,7 +105,9 @@ def poisson_from_uniform(lam, u, p=None):
             term = term[live] * lf / k
             cdf = cdf[live] + term
             flat[idx] = k
-            live = (uf > cdf).nonzero()[0]
+            # once the pmf term underflows the cdf cannot grow any more (a uniform
+            # draw above the float cdf's limit): stop there instead of looping forever
+            live = ((uf > cdf) & (term > 0)).nonzero()[0]
     return counts
 
 
