@@ -402,3 +402,13 @@ def test_batch_update_is_mean_of_per_example_updates():
     for j, got in enumerate(wb.WT + wb.b + wb.YT):
         start = (w0.WT + w0.b + w0.YT)[j]
         np.testing.assert_allclose(got - start, np.mean([d[j] for d in deltas], axis=0), rtol=1e-9, atol=1e-13)
+
+
+def test_poisson_sampler_terminates_at_the_float_cdf_limit():
+    """A uniform draw just below 1 exceeds the float32 CDF's limit; the sampler must still stop."""
+    from bioplaus.models._segdend_core import poisson_from_uniform
+
+    u = np.full(4, np.nextafter(np.float32(1), np.float32(0)), dtype=np.float32)
+    lam = np.array([0.5, 0.27, 0.1, 1e-3], dtype=np.float32)
+    counts = poisson_from_uniform(lam, u)
+    assert np.all(np.isfinite(counts)) and np.all(counts >= 1) and np.all(counts < 50)
