@@ -1,6 +1,5 @@
 """End to end: the Snakemake DAG on a tiny config in a temporary folder."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path

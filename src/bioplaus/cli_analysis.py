@@ -15,9 +15,7 @@ def _frames(args):
     trials = load_trials(args.trials)
     repeats = None
     if getattr(args, "repeats", None):
-        import pandas as pd
-
-        repeats = pd.concat([pd.read_csv(p) for p in args.repeats], ignore_index=True)
+        repeats = load_trials(args.repeats)  # same reader: flags parsed as booleans
     reference = None
     if getattr(args, "reference", None):
         from bioplaus.reference import load_reference_logs

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -328,13 +328,6 @@ def split_seed_for(study_seed: int) -> int:
     return derive_seed(study_seed, SPLIT)
 
 
-def result_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """Inverse helper for tables: the stored record with NaN for missing accuracies."""
-    out = dict(rec)
-    out["accuracy"] = math.nan if rec.get("accuracy") is None else rec["accuracy"]
-    return out
-
-
 __all__ = [
     "EvaluationResult",
     "FoldResult",
@@ -342,5 +335,4 @@ __all__ = [
     "fold_splits",
     "run_fold",
     "split_seed_for",
-    "asdict",
 ]
