@@ -412,3 +412,44 @@ def test_poisson_sampler_terminates_at_the_float_cdf_limit():
     lam = np.array([0.5, 0.27, 0.1, 1e-3], dtype=np.float32)
     counts = poisson_from_uniform(lam, u)
     assert np.all(np.isfinite(counts)) and np.all(counts >= 1) and np.all(counts < 50)
+
+
+def test_spike_uniforms_are_splitmix64_and_independent_of_grouping():
+    from bioplaus.models import _segdend_kernel as kernel
+
+    # SplitMix64 seeded with 0: its first outputs are published reference values
+    first = [int(kernel._splitmix(np.uint64(0), np.uint64(i))) for i in range(3)]
+    assert first == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
+    streams = core.RandomStreams(np.random.default_rng(3), np.float32)
+    twin = core.RandomStreams(np.random.default_rng(3), np.float32)
+    block = streams.uniform((4, 6))
+    pieces = np.concatenate([twin.uniform((1, 6)).ravel() for _ in range(4)])
+    np.testing.assert_array_equal(block.ravel(), pieces)  # one draw of 24 = four draws of 6
+    u = core.RandomStreams(np.random.default_rng(4), np.float64).uniform(200_000)
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002 and u.min() >= 0 and u.max() < 1
+    u32 = core.RandomStreams(np.random.default_rng(4), np.float32).uniform(200_000)
+    assert u32.dtype == np.float32 and np.all(u32 * 2**24 == np.floor(u32 * 2**24))  # 24 random bits
+
+
+def test_float32_rate_function_accurate_and_propagates_nan():
+    from numba import njit
+
+    from bioplaus.models import _segdend_kernel as kernel
+
+    @njit
+    def rates(x, lam):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = kernel._rate(x[i], lam, np.float32(1.0))
+        return out
+
+    x = np.concatenate([np.linspace(-120, 120, 100_001), [np.inf, -np.inf]]).astype(np.float32)
+    got = rates(x, np.float32(0.2))
+    want = 0.2 / (1 + np.exp(-x.astype(np.float64)))
+    assert got.dtype == np.float32
+    big = want > 1e-30
+    np.testing.assert_allclose(got[big], want[big], rtol=5e-7)
+    assert np.all(got[~big] < 1e-30) and got[-2] == np.float32(0.2) and got[-1] < 1e-30
+    assert np.isnan(rates(np.array([np.nan], np.float32), np.float32(0.2))[0])  # divergence stays visible
+    x64 = np.linspace(-700, 700, 10_001)
+    np.testing.assert_allclose(rates(x64, 0.2), 0.2 / (1 + np.exp(-x64)), rtol=1e-15, atol=1e-300)

@@ -40,6 +40,7 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from bioplaus.errors import InvalidConfigurationError
+from bioplaus.models import _segdend_kernel as _kernel
 
 #: Plateau offset cap (steps before the phase end) and spread, as in the reference.
 PLATEAU_OFFSET_MAX = 5
@@ -49,6 +50,8 @@ WALD_MEAN, WALD_SCALE = 2.0, 1.0
 #: Sparse feedback: fraction of zeroed feedback weights, gain of the survivors.
 SPARSE_FRACTION, SPARSE_GAIN = 0.8, 5.0
 NOISY_SYMMETRIC_SD = 0.05
+#: Spike uniforms are drawn for as many steps at once as fit in this many numbers.
+UNIFORM_BLOCK = 1 << 20
 
 
 def sigmoid(x):
@@ -78,49 +81,43 @@ def weight_optimization_stats(N, lambda_max):
     return W_avg, math.sqrt(max(W_sm - W_avg**2, 0.0))
 
 
-def poisson_from_uniform(lam, u, p=None):
+def poisson_from_uniform(lam, u):
     """Poisson counts of mean ``lam`` by inverse CDF of uniforms ``u`` (same shape).
 
     Exact (no truncation): count = number of CDF values ``F(k) < u``, with
     ``F(0) = exp(-lam)``, ``F(k) = F(k-1) + exp(-lam) lam^k / k!``.
-    Non-positive rates give 0. ``p`` = ``exp(-lam)`` if already known.
-    Returns an array of ``lam``'s dtype. Vectorised for counts 0 and 1; the
-    rarer larger counts on shrinking subsets.
+    Non-positive rates give 0. Returns an array of ``lam``'s dtype. The
+    simulator samples spikes with the same compiled rule.
     """
-    if p is None:
-        lam = np.maximum(lam, 0)
-        p = np.exp(-lam)
-    counts = np.greater(u, p).astype(lam.dtype)
-    flat = counts.reshape(-1)
-    idx = flat.nonzero()[0]
-    if idx.size:
-        uf, pf, lf = u.reshape(-1)[idx], p.reshape(-1)[idx], lam.reshape(-1)[idx]
-        term = pf * lf
-        cdf = pf + term
-        live = (uf > cdf).nonzero()[0]  # count >= 2: shrinking vectorised loop
-        k = 1
-        while live.size:
-            k += 1
-            idx, uf, lf = idx[live], uf[live], lf[live]
-            term = term[live] * lf / k
-            cdf = cdf[live] + term
-            flat[idx] = k
-            # once the pmf term underflows the cdf cannot grow any more (a uniform
-            # draw above the float cdf's limit): stop there instead of looping forever
-            live = ((uf > cdf) & (term > 0)).nonzero()[0]
-    return counts
+    lam = np.ascontiguousarray(lam)
+    out = np.empty_like(lam)
+    _kernel.poisson_counts(lam.reshape(-1), np.ascontiguousarray(u, dtype=lam.dtype).reshape(-1),
+                           out.reshape(-1))
+    return out
 
 
 class RandomStreams:
-    """Every random draw of a simulation (injectable so two simulators can share them)."""
+    """Every random draw of a simulation (injectable so two simulators can share them).
+
+    Spike uniforms come from one SplitMix64 stream (Steele, Lea & Flood 2014)
+    seeded from ``rng``: number ``i`` of the stream is a pure function of
+    ``(spike_key, i)``, so the compiled simulator generates them where they are
+    used and any grouping of draws gives the same numbers. float32 streams
+    carry 24 random bits per uniform, float64 streams 53.
+    """
 
     def __init__(self, rng: np.random.Generator, dtype=np.float32):
         self.rng, self.dtype = rng, np.dtype(dtype)
+        self.spike_key = np.uint64(rng.integers(0, 2**64, dtype=np.uint64))
+        self.spike_counter = 0  # uniforms used so far
+        self.spike_bits = 24 if self.dtype == np.float32 else 53
 
     def uniform(self, shape):
-        """Uniforms in [0, 1) for spike sampling."""
-        return self.rng.random(shape, dtype=self.dtype) if self.dtype in (np.float32, np.float64) \
-            else self.rng.random(shape)
+        """The next ``prod(shape)`` spike uniforms in [0, 1), in the streams' dtype."""
+        out = np.empty(shape, self.dtype)
+        _kernel.fill_uniforms(self.spike_key, self.spike_counter, self.spike_bits, out.reshape(-1))
+        self.spike_counter += out.size
+        return out
 
     def extra_phase_length(self):
         """``int(Wald(2, 1))`` extra steps of a random phase length."""
@@ -264,43 +261,62 @@ DEFER_MIN_SIZE = 65536
 
 
 class _Pending:
-    """Pending rank-m update ``WT += P[:m].T @ Q[:m]`` of one feedforward matrix."""
+    """Pending rank-m update ``WT += P[:m].T @ Q[:m]`` of one feedforward matrix (m kept by Weights)."""
 
     def __init__(self, n_in, n_out, dtype):
         self.P = np.zeros((DEFER_RANK, n_in), dtype)
         self.Q = np.zeros((DEFER_RANK, n_out), dtype)
-        self.m = 0
 
 
 class Weights:
     """Weights of one network: ``WT``, ``b`` per layer; ``YT``, ``c``, sparse masks per hidden layer.
 
-    ``WT[l]`` may carry a pending low-rank update (``pending[l]``); readers other
-    than the simulator's rate-mode drive call :meth:`flush` first.
+    ``WT[l]`` may carry a pending low-rank update (``pending[l]``, of rank
+    ``pending_m[l]``); readers other than the simulator's rate-mode drive
+    call :meth:`flush` first. Arrays are updated in place, except ``YT``
+    under symmetric feedback (replaced: :meth:`impose_symmetry`).
     """
 
     def __init__(self, WT, b, YT, c, masks):
         self.WT, self.b, self.YT, self.c, self.masks = WT, b, YT, c, masks
         self.pending = [None] * len(WT)
+        self.pending_m = np.zeros(len(WT), np.int64)
+        self._kernel_arrays = None
+
+    def kernel_arrays(self):
+        """Tuples of this network's arrays for the compiled loop (see ``_segdend_kernel``)."""
+        if self._kernel_arrays is None:
+            dt = self.WT[0].dtype
+            d2, d1 = np.zeros((1, 1), dt), np.zeros(0, dt)
+            hidden = (lambda xs, dummy: tuple(xs) if len(self.WT) > 1 else (dummy,))  # noqa: E731
+            self._kernel_arrays = (
+                tuple(self.WT), tuple(self.b), hidden(self.YT, d2),
+                hidden([d1 if x is None else x for x in self.c], d1),
+                tuple(d2 if p is None else p.P for p in self.pending),
+                tuple(d2 if p is None else p.Q for p in self.pending), self.pending_m)
+        return self._kernel_arrays
 
     def defer(self, l, psp, E, alpha):
         """Queue ``WT[l] += alpha * psp.T @ E`` (one example); apply when DEFER_RANK are queued."""
         pend = self.pending[l]
         if pend is None:
             pend = self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
-        pend.P[pend.m] = psp[0]
-        np.multiply(E[0], alpha, out=pend.Q[pend.m])
-        pend.m += 1
-        if pend.m == DEFER_RANK:
+            self._kernel_arrays = None
+        m = self.pending_m[l]
+        pend.P[m] = psp[0]
+        np.multiply(E[0], alpha, out=pend.Q[m])
+        self.pending_m[l] = m + 1
+        if m + 1 == DEFER_RANK:
             self.flush(l)
 
     def flush(self, layer=None):
         """Apply pending updates (of one layer, or all)."""
         for l in range(len(self.WT)) if layer is None else (layer,):
-            pend = self.pending[l]
-            if pend is not None and pend.m:
-                rank_update(self.WT[l], pend.P[:pend.m], pend.Q[:pend.m], 1.0)
-                pend.m = 0
+            m = self.pending_m[l]
+            if m:
+                pend = self.pending[l]
+                rank_update(self.WT[l], pend.P[:m], pend.Q[:m], 1.0)
+                self.pending_m[l] = 0
 
     @classmethod
     def initial(cls, cfg: Config, rng: np.random.Generator, dtype=np.float32):
@@ -371,6 +387,7 @@ class Weights:
             if self.masks[l] is not None:
                 Y = Y * (self.masks[l] * SPARSE_GAIN)
             self.YT[l] = np.ascontiguousarray(Y, dtype=self.WT[0].dtype)
+        self._kernel_arrays = None
 
     def copy(self):
         self.flush()
@@ -409,13 +426,24 @@ def rank_update(M, a, bvec, alpha):
 
 
 class _Source:
-    """Activity of one layer (index -1 = input): rates, version, spike ring buffer."""
+    """Activity of one layer (index -1 = input): rates, version, spike ring buffer.
 
-    def __init__(self, B, n, mem, spiking, dtype):
+    ``version`` counts rate changes; it lives in the state's ``versions``
+    array (read by the compiled loop).
+    """
+
+    def __init__(self, B, n, mem, spiking, dtype, versions, index):
         self.rates = np.zeros((B, n), dtype)
-        self.version = 0
         self.hist = np.zeros((mem, B, n), dtype) if spiking else None
-        self.p0 = None  # exp(-rate) of the input, cached while the input is fixed
+        self._versions, self._index = versions, index
+
+    @property
+    def version(self):
+        return int(self._versions[self._index])
+
+    @version.setter
+    def version(self, v):
+        self._versions[self._index] = v
 
 
 class _Pathway:
@@ -425,30 +453,19 @@ class _Pathway:
     and 1 when it updates later (feedback): the PSP then ends one step back.
     """
 
-    def __init__(self, source, lag, spiking, B, n_out, mem, dtype):
+    def __init__(self, source, lag, spiking, B, n_out, mem, dtype, seen, index):
         self.source, self.lag, self.spiking = source, lag, spiking
-        self.seen = -1
+        self._seen, self._index = seen, index  # source version the drive was computed from
         self.drive = np.zeros((B, n_out), dtype)
         self.proj = np.zeros((mem, B, n_out), dtype) if spiking else None
 
-    def project(self, M, slot, S):
-        """Projection ``S @ M`` of the spikes just written to ``slot`` (sparse: active inputs only)."""
-        if S.shape[0] == 1:
-            cols = S[0].nonzero()[0]
-            if cols.size * 2 > S.shape[1]:
-                np.dot(S[0], M, out=self.proj[slot, 0])
-            elif cols.size:
-                np.dot(S[0, cols], M[cols], out=self.proj[slot, 0])
-            else:
-                self.proj[slot] = 0
-            return
-        cols = S.any(axis=0).nonzero()[0]
-        if cols.size == 0:
-            self.proj[slot] = 0
-        elif cols.size * 2 > S.shape[1]:
-            np.matmul(S, M, out=self.proj[slot])
-        else:
-            np.matmul(S[:, cols], M[cols], out=self.proj[slot])
+    @property
+    def seen(self):
+        return int(self._seen[self._index])
+
+    @seen.setter
+    def seen(self, v):
+        self._seen[self._index] = v
 
     def reproject(self, M):
         """Recompute all projections after ``M`` changed."""
@@ -482,25 +499,52 @@ class State:
             for l in range(L - 1):
                 spiking_src[cfg.feedback_source(l) + 1] = True
         self.spiking_src = spiking_src  # index 0 = input, l + 1 = layer l
-        self.sources = [_Source(B, sizes[i], mem, spiking_src[i], dtype) for i in range(L + 1)]
+        self.versions = np.zeros(L + 1, np.int64)
+        self.ff_seen = np.full(L, -1, np.int64)
+        self.fb_seen = np.full(max(1, L - 1), -1, np.int64)
+        self.sources = [_Source(B, sizes[i], mem, spiking_src[i], dtype, self.versions, i) for i in range(L + 1)]
         self.C = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L)]
         self.A = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L - 1)]
-        self.ff = [_Pathway(self.sources[l], 0, cfg.use_spiking_feedforward, B, sizes[l + 1], mem, dtype)
-                   for l in range(L)]
+        self.ff = [_Pathway(self.sources[l], 0, cfg.use_spiking_feedforward, B, sizes[l + 1], mem, dtype,
+                            self.ff_seen, l) for l in range(L)]
         self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], 1, cfg.use_spiking_feedback and apical, B,
-                            sizes[l + 1], mem, dtype) for l in range(L - 1)]
+                            sizes[l + 1], mem, dtype, self.fb_seen, l) for l in range(L - 1)]
         self.step = 0  # global step counter; slot of step g is g % mem
+        # the input's exp(-rate), valid while the input is fixed (spiking feedforward)
+        self.p0 = np.zeros((B, sizes[0]), dtype)
+        self.p0_valid = False
+        # spike uniforms per step: offset of each spiking source within a step, count
+        self.phase_cache = {}  # arguments and window sums of the compiled loop, per phase kind
+        self.target = np.zeros((B, sizes[-1]), dtype)  # teaching signal of the target phase
+        # per-neuron apical windows (random plateau times), hidden layers
+        self.plateau_end = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
+        self.plateau_start = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
+        self.u_off = np.zeros(L + 1, np.int64)
+        self.u_per_step = 0
+        for i, on in enumerate(spiking_src):
+            if on:
+                self.u_off[i] = self.u_per_step
+                self.u_per_step += B * sizes[i]
+        d2, d3 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
+        hidden = (lambda xs, dummy: tuple(xs) if L > 1 else (dummy,))  # noqa: E731
+        # the state's arrays in the order of the compiled loop's arguments
+        self.kernel_arrays = (
+            tuple(src.rates for src in self.sources), self.versions,
+            tuple(d3 if src.hist is None else src.hist for src in self.sources), self.p0,
+            tuple(self.C), hidden(self.A, d2), tuple(p.drive for p in self.ff),
+            tuple(d3 if p.proj is None else p.proj for p in self.ff), self.ff_seen,
+            hidden([d3 if q.proj is None else q.proj for q in self.fb], d3), self.fb_seen)
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
         if any(p.spiking for p in self.ff):
             weights.flush()
+        self.ff_seen[:] = -1
+        self.fb_seen[:] = -1
         for l, p in enumerate(self.ff):
-            p.seen = -1
             if p.spiking:
                 p.reproject(weights.WT[l])
         for l, p in enumerate(self.fb):
-            p.seen = -1
             if p.spiking:
                 p.reproject(weights.YT[l])
 
@@ -525,14 +569,19 @@ class Simulator:
             self._kappa_slot[lag] = table.astype(self.dtype)
         self.kappa = kappa
         self._psp_cache = {}
+        # constants of the compiled step loop (see _segdend_kernel.phase_steps)
+        self._consts = np.array([1 - cfg.dt * (cfg.g_L + cfg.g_B + cfg.g_A_eff),  # keep_h
+                                 1 - cfg.dt * (cfg.g_L + cfg.g_D),  # keep_o
+                                 1 - cfg.dt * (cfg.g_L + cfg.g_D + 1.0),  # keep_t (g_E + g_I = 1)
+                                 cfg.dt * cfg.g_B, cfg.dt * cfg.g_A_eff, cfg.k_B, cfg.k_D, cfg.g_D, cfg.g_L,
+                                 cfg.lambda_max, 1.0, cfg.E_E, cfg.E_I, cfg.dt], dtype=self.dtype)
+        self._fb_src = np.array([cfg.feedback_source(l) for l in range(cfg.n_layers - 1)] or [0], np.int64)
+        self._dummy1, self._dummy2 = np.zeros(0, self.dtype), np.zeros((1, 1), self.dtype)
+        self._error_consts = np.array([cfg.k_B, cfg.k_D, cfg.lambda_max], dtype=self.dtype)
+        self._no_plateau = (np.zeros((1, 1), np.int64),) * max(1, cfg.n_layers - 1)
+        self._no_history = np.zeros(cfg.mem, self.dtype)
 
     # -- helpers ---------------------------------------------------------
-
-    def _sample(self, src: _Source, slot, streams, rates, p0=None):
-        u = streams.uniform(rates.shape).astype(rates.dtype, copy=False)
-        S = poisson_from_uniform(rates, u, p0)
-        src.hist[slot] = S
-        return S
 
     def _psp_weights(self, L_phase, T, lag, end=None):
         """Weight of a spike at phase step j (j = 1 - mem - 1 .. L) in the mean PSP over the window.
@@ -552,6 +601,7 @@ class Simulator:
             for age in range(mem):
                 j = t - lag - age
                 w[j - offset] += kappa[age] / T
+        w = w.astype(self.dtype)
         self._psp_cache[key] = (offset, w)
         return offset, w
 
@@ -566,237 +616,100 @@ class Simulator:
         apical window (per neuron), else the phase end. Returns a dict with
         ``C`` (per layer), ``A`` (hidden), ``lam_out``, ``psp_ff``, ``psp_fb``
         means over the last ``T`` steps (A over each neuron's plateau window).
+        The arrays belong to the state and are overwritten by its next phase
+        of the same kind (copy them to keep them). The step loop is compiled
+        (:mod:`._segdend_kernel`).
         """
         cfg, dt = self.cfg, self.dtype
-        nL = cfg.n_layers
-        B = st.B
         mem = cfg.mem
-        start = L_phase - T + 1
-        C_sum = [np.zeros_like(c) for c in st.C]
-        A_sum = [np.zeros_like(a) for a in st.A] if collect_A else None
-        lam_sum = np.zeros_like(st.C[-1]) if collect_lam else None
         need_fb_psp = collect_psp and cfg.update_feedback_weights
-        psp_ff = [np.zeros((B, cfg.sizes[l]), dt) for l in range(nL)] if collect_psp else None
-        psp_fb = [np.zeros((B, cfg.sizes[cfg.feedback_source(l) + 1]), dt) for l in range(nL - 1)] \
-            if need_fb_psp else None
-        # spike-time weights of the mean PSP (spiking paths)
-        psp_w = {}
-        if collect_psp:
-            for lag, on in ((0, cfg.use_spiking_feedforward), (1, need_fb_psp and cfg.use_spiking_feedback)):
-                if on:
-                    off, wv = self._psp_weights(L_phase, T, lag)
-                    psp_w[lag] = (off, wv.astype(dt))
-                    # history spikes (phase steps j <= 0) enter once, now
-                    g0 = st.step  # the last simulated global step = phase step 0
-                    hist_w = np.zeros(mem, dt)
-                    for age in range(mem):
-                        j = -age
-                        if j - off >= 0:
-                            hist_w[(g0 - age) % mem] = wv[j - off]
-                    if hist_w.any():
-                        pathways = st.ff if lag == 0 else st.fb
-                        targets = psp_ff if lag == 0 else psp_fb
-                        for l, p in enumerate(pathways):
-                            if lag == 1 and l >= nL - 1:
-                                continue
-                            H = p.source.hist
-                            targets[l] += np.tensordot(hist_w, H, axes=1)
-        if plateau_end is not None:
-            plateau_start = [pe - T + 1 for pe in plateau_end]
-        teach = None
+        switches = (target is not None, collect_A, collect_lam, collect_psp, need_fb_psp,
+                    plateau_end is not None)
+        head, sums, out = self._phase_arrays(st, w, switches)
         if target is not None:
-            gE = target.astype(dt)
-            gI = 1 - gE
-            teach = (gE * dt.type(cfg.E_E) + gI * dt.type(cfg.E_I), gE + gI)
-        g_L, g_D = dt.type(cfg.g_L), dt.type(cfg.g_D)
-        k_B, k_D = dt.type(cfg.k_B), dt.type(cfg.k_D)
-        spiking_any = cfg.use_spiking_feedforward or cfg.use_spiking_feedback
-        half, half_lam = dt.type(0.5), dt.type(cfg.lambda_max / 2)
-        sdt = cfg.dt
-        keep_h = dt.type(1 - sdt * (cfg.g_L + cfg.g_B + cfg.g_A_eff))
-        keep_o = dt.type(1 - sdt * (cfg.g_L + cfg.g_D))
-        keep_t = dt.type(1 - sdt * (cfg.g_L + cfg.g_D + 1.0))  # g_E + g_I = 1
-        gain_h, gain_A = dt.type(sdt * cfg.g_B), dt.type(sdt * cfg.g_A_eff)
-        teach_dt = None if teach is None else teach[0] * dt.type(sdt)
-        bias_gain = [gain_h * b for b in w.b] if cfg.use_conductances else None
-        in_src = st.sources[0]
-        changed_phase = True  # output's formula changes at every phase start
-        t = 1
-        while t <= L_phase:
-            st.step += 1
-            g = st.step
-            slot = g % mem
-            anything = changed_phase or cfg.use_conductances or spiking_any
-            in_window = t >= start
-            if cfg.use_spiking_feedforward:
-                if in_src.p0 is None:  # input fixed for the example: exp(-rate) once
-                    np.maximum(in_src.rates, 0, out=in_src.rates)
-                    in_src.p0 = np.exp(-in_src.rates)
-                S = self._sample(in_src, slot, streams, in_src.rates, in_src.p0)
-                st.ff[0].project(w.WT[0], slot, S)
-                if collect_psp:
-                    off, wv = psp_w[0]
-                    if 0 <= t - off < wv.size and wv[t - off] != 0:
-                        psp_ff[0] += wv[t - off] * S
-            for l in range(nL):
-                hidden = l < nL - 1
-                src = st.sources[l + 1]
-                # basal / dendritic drive
-                p = st.ff[l]
-                drive_changed = False
-                if p.spiking:
-                    np.dot(self._kappa_slot[0][slot], p.proj.reshape(mem, -1), out=p.drive.reshape(-1))
-                    drive_changed = True
-                elif p.seen != p.source.version:
-                    np.matmul(p.source.rates, w.WT[l], out=p.drive)
-                    pend = w.pending[l]
-                    if pend is not None and pend.m:
-                        p.drive += (p.source.rates @ pend.P[:pend.m].T) @ pend.Q[:pend.m]
-                    p.drive += w.b[l]
-                    p.seen = p.source.version
-                    drive_changed = True
-                if collect_psp and not p.spiking and in_window:
-                    psp_ff[l] += p.source.rates
-                if hidden and st.apical:
-                    q = st.fb[l]
-                    if q.spiking:
-                        np.dot(self._kappa_slot[1][slot], q.proj.reshape(mem, -1), out=st.A[l].reshape(-1))
-                        if w.c[l] is not None:
-                            st.A[l] += w.c[l]
-                        anything = True
-                    elif q.seen != q.source.version:
-                        np.matmul(q.source.rates, w.YT[l], out=st.A[l])
-                        if w.c[l] is not None:
-                            st.A[l] += w.c[l]
-                        q.seen = q.source.version
-                        anything = True
-                    if need_fb_psp and in_window and not q.spiking:
-                        psp_fb[l] += q.source.rates
-                # soma
-                C = st.C[l]
-                Bd = p.drive  # rate mode: includes b; spike mode: b added below
-                C_changed = False
-                if cfg.use_conductances:
-                    # C <- C + dt (-g_L C + g (B - C) [+ g_A (A - C)] [+ g_E (E_E - C) + g_I (E_I - C)])
-                    if hidden:
-                        C *= keep_h
-                        C += gain_h * Bd
-                        if cfg.use_apical_conductance:
-                            C += gain_A * st.A[l]
-                    else:
-                        C *= keep_o if teach is None else keep_t
-                        C += gain_h * Bd
-                        if teach is not None:
-                            C += teach_dt
-                    if p.spiking:
-                        C += bias_gain[l]
-                    C_changed = True
-                elif drive_changed or (not hidden and changed_phase):
-                    if p.spiking:
-                        Bd = Bd + w.b[l]
-                    if hidden:
-                        np.multiply(Bd, k_B, out=C)
-                    elif teach is None:
-                        np.multiply(Bd, k_D, out=C)
-                    else:
-                        np.divide(g_D * Bd + teach[0], g_L + g_D + teach[1], out=C)
-                    C_changed = True
-                if C_changed:
-                    anything = True
-                    r = src.rates  # lambda_max * sigmoid(C) = lambda_max/2 (1 + tanh(C/2)), in place
-                    np.multiply(C, half, out=r)
-                    np.tanh(r, out=r)
-                    r *= half_lam
-                    r += half_lam
-                    src.version += 1
-                if src.hist is not None:
-                    S = self._sample(src, slot, streams, src.rates)
-                    for l2 in range(l + 1, nL):
-                        if st.ff[l2].source is src and st.ff[l2].spiking:
-                            st.ff[l2].project(w.WT[l2], slot, S)
-                            if collect_psp:
-                                off, wv = psp_w[0]
-                                if 0 <= t - off < wv.size and wv[t - off] != 0:
-                                    psp_ff[l2] += wv[t - off] * S
-                    for l2 in range(nL - 1 if st.apical else 0):
-                        q = st.fb[l2]
-                        if q.source is src and q.spiking:
-                            q.project(w.YT[l2], slot, S)
-                            if need_fb_psp:
-                                off, wv = psp_w[1]
-                                if 0 <= t - off < wv.size and wv[t - off] != 0:
-                                    psp_fb[l2] += wv[t - off] * S
-            # window sums
-            if not anything and t > 1:
-                # nothing changed in this whole step: the remaining steps repeat it exactly
-                self._fast_forward(st, t, L_phase, start, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
-                                   plateau_end, plateau_start if plateau_end is not None else None)
-                st.step += L_phase - t
+            np.copyto(st.target, target)
+        if plateau_end is not None:
+            for buf_end, buf_start, pe in zip(st.plateau_end, st.plateau_start, plateau_end):
+                np.copyto(buf_end, pe)
+                np.subtract(buf_end, T - 1, out=buf_start)
+        if cfg.use_spiking_feedforward and not st.p0_valid:  # input fixed for the example: exp(-rate) once
+            src = st.sources[0]
+            np.maximum(src.rates, 0, out=src.rates)
+            np.negative(src.rates, out=st.p0)
+            np.exp(st.p0, out=st.p0)
+            st.p0_valid = True
+        # spike-time weights of the mean PSP (spiking paths), and of the ring's spikes before the phase
+        psp = [(0, self._dummy1, self._no_history)] * 2
+        for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
+                        (1, need_fb_psp and cfg.use_spiking_feedback)):
+            if on:
+                off, wv = self._psp_weights(L_phase, T, lag)
+                hist_w = np.zeros(mem, dt)
+                for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
+                    if -age - off >= 0:
+                        hist_w[(st.step - age) % mem] = wv[-age - off]
+                psp[lag] = (off, wv, hist_w)
+        psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
+        start = L_phase - T + 1
+        per_step, u_off = st.u_per_step, st.u_off
+        t, step = 1, st.step
+        if per_step and hasattr(streams, "spike_key"):  # uniforms generated in the compiled loop
+            u_start = streams.spike_counter
+            streams.spike_counter += L_phase * per_step
+            step, _ = _kernel.phase_steps(1, L_phase, L_phase, start, step, *head, *sums, self._dummy1, u_start,
+                                          streams.spike_key, streams.spike_bits, u_off, per_step, *psp_args)
+            t = L_phase + 1
+        block = L_phase if per_step == 0 else max(1, min(L_phase, UNIFORM_BLOCK // per_step))
+        while t <= L_phase:  # rate mode, or streams that only offer uniform(shape)
+            t_last = min(L_phase, t + block - 1)
+            U = (streams.uniform((t_last - t + 1, per_step)).astype(dt, copy=False).reshape(-1) if per_step
+                 else self._dummy1)
+            step, done = _kernel.phase_steps(t, t_last, L_phase, start, step, *head, *sums, U, 0, np.uint64(0), 0,
+                                             u_off, per_step, *psp_args)
+            if done:
                 break
-            if in_window:
-                for l in range(nL):
-                    C_sum[l] += st.C[l]
-                if collect_lam:
-                    lam_sum += st.sources[nL].rates
-            if collect_A:
-                for l in range(nL - 1):
-                    if plateau_end is None:
-                        if in_window:
-                            A_sum[l] += st.A[l]
-                    else:
-                        m = (plateau_start[l] <= t) & (plateau_end[l] >= t)
-                        A_sum[l] += st.A[l] * m
-            changed_phase = False
-            t += 1
-        inv = dt.type(1.0 / T)
-        out = {"C": [s * inv for s in C_sum]}
-        if collect_A:
-            out["A"] = [s * inv for s in A_sum]
-        if collect_lam:
-            out["lam_out"] = lam_sum * inv
-        if collect_psp:
-            for l in range(nL):
-                if not cfg.use_spiking_feedforward:
-                    psp_ff[l] *= inv
-            out["psp_ff"] = psp_ff
-            if need_fb_psp:
-                if not cfg.use_spiking_feedback:
-                    for x in psp_fb:
-                        x *= inv
-                out["psp_fb"] = psp_fb
-        return out
+            t = t_last + 1
+        st.step = step
+        return dict(out)
 
-    def _fast_forward(self, st, t, L_phase, start, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
-                      plateau_end, plateau_start):
-        """Add the window contributions of steps ``t .. L_phase`` (all equal to step t)."""
-        nL = self.cfg.n_layers
-        n_win = L_phase - max(t, start) + 1
-        if n_win > 0:
-            f = self.dtype.type(n_win)
-            for l in range(nL):
-                C_sum[l] += f * st.C[l]
-            if lam_sum is not None:
-                lam_sum += f * st.sources[nL].rates
-            if psp_ff is not None:
-                for l in range(nL):
-                    if t >= start:  # this step's rates were already added once
-                        psp_ff[l] += (f - 1) * st.ff[l].source.rates
-                    else:
-                        psp_ff[l] += f * st.ff[l].source.rates
-            if psp_fb is not None:
-                for l in range(nL - 1):
-                    if t >= start:
-                        psp_fb[l] += (f - 1) * st.fb[l].source.rates
-                    else:
-                        psp_fb[l] += f * st.fb[l].source.rates
-            if A_sum is not None and plateau_end is None:
-                for l in range(nL - 1):
-                    A_sum[l] += f * st.A[l]
-        if A_sum is not None and plateau_end is not None:
-            for l in range(nL - 1):
-                lo = np.maximum(plateau_start[l], t)
-                cnt = np.clip(plateau_end[l] - lo + 1, 0, None).astype(self.dtype)
-                A_sum[l] += cnt * st.A[l]
+    def _phase_arrays(self, st, w, switches):
+        """Leading arguments of the compiled loop (switches, constants, weights, state), the
+        window-sum arrays and the result dict of one kind of phase; cached on the state."""
+        ka = w.kernel_arrays()
+        cached = st.phase_cache.get(switches)
+        if cached is not None and cached[0] is ka:
+            return cached[1:]
+        cfg, dt = self.cfg, self.dtype
+        nL, B, sizes = cfg.n_layers, st.B, cfg.sizes
+        teach, collect_A, collect_lam, collect_psp, need_fb_psp, plateau = switches
+        flags = np.array([cfg.use_spiking_feedforward, cfg.use_spiking_feedback and st.apical,
+                          cfg.use_conductances, cfg.use_apical_conductance, st.apical, teach, collect_A,
+                          collect_lam, collect_psp, need_fb_psp, plateau, *st.spiking_src], dtype=np.int64)
+        d2, n_fb = self._dummy2, max(1, nL - 1)
+        pl = (tuple(st.plateau_start), tuple(st.plateau_end)) if plateau else (self._no_plateau,) * 2
+        head = (cfg.mem, flags, self._fb_src, self._consts, self._kappa_slot[0], self._kappa_slot[1],
+                *ka, *st.kernel_arrays, st.target, *pl)
+        if cached is not None:  # same state, new weight arrays: keep the sums
+            sums, out = cached[2], cached[3]
+        else:
+            C_sum = [np.zeros((B, n), dt) for n in sizes[1:]]
+            A_sum = [np.zeros((B, n), dt) for n in sizes[1:-1]] if collect_A else []
+            lam_sum = np.zeros((B, sizes[-1]), dt) if collect_lam else d2
+            psp_ff = [np.zeros((B, n), dt) for n in sizes[:-1]] if collect_psp else []
+            psp_fb = [np.zeros((B, sizes[self._fb_src[l] + 1]), dt) for l in range(nL - 1)] if need_fb_psp else []
+            sums = (tuple(C_sum), tuple(A_sum) if A_sum else (d2,) * n_fb, lam_sum,
+                    tuple(psp_ff) if psp_ff else (d2,) * nL, tuple(psp_fb) if psp_fb else (d2,) * n_fb)
+            out = {"C": C_sum}
+            if collect_A:
+                out["A"] = A_sum
+            if collect_lam:
+                out["lam_out"] = lam_sum
+            if collect_psp:
+                out["psp_ff"] = psp_ff
+                if need_fb_psp:
+                    out["psp_fb"] = psp_fb
+        st.phase_cache[switches] = (ka, head, sums, out)
+        return head, sums, out
 
     # -- training ----------------------------------------------------------
 
@@ -805,7 +718,7 @@ class Simulator:
         src = st.sources[0]
         np.multiply(X, self.dtype.type(self.cfg.lambda_max), out=src.rates)
         src.version += 1
-        src.p0 = None
+        st.p0_valid = False
 
     def train_batch(self, st: State, w: Weights, X, targets, streams: RandomStreams,
                     f_etas=None, b_etas=None):
@@ -832,32 +745,18 @@ class Simulator:
         fwd = self.run_phase(st, w, Lf, T, streams=streams, plateau_end=pe_f, collect_psp=True)
         tgt = self.run_phase(st, w, Lt, T, target=targets, streams=streams, plateau_end=pe_t,
                              collect_lam=True)
-        lam_max = dt.type(cfg.lambda_max)
         f_etas = cfg.f_etas if f_etas is None else f_etas
         b_etas = cfg.b_etas if b_etas is None else b_etas
         if cfg.use_backprop or cfg.use_symmetric_weights or cfg.use_spiking_feedforward:
             w.flush()  # these read WT directly
         # errors (all from the weights the examples were simulated with)
-        E = [None] * nL
-        sC = sigmoid(fwd["C"][-1])
-        diff = tgt["lam_out"] - lam_max * sC
-        E[-1] = -diff * (dt.type(cfg.k_D) * lam_max) * sC * (1 - sC)
-        loss = float(np.vdot(diff, diff)) / B
-        alpha_f = [sigmoid(a) for a in fwd["A"]]
-        for l in range(nL - 2, -1, -1):
-            sC = sigmoid(fwd["C"][l])
-            slope = (dt.type(cfg.k_B) * lam_max) * sC * (1 - sC)
-            if cfg.use_backprop:
-                E[l] = (E[l + 1] @ w.WT[l + 1].T) * slope
-            else:
-                E[l] = -(sigmoid(tgt["A"][l]) - alpha_f[l]) * slope
-        E_inv = None
-        if cfg.update_feedback_weights:
-            E_inv = [None] * (nL - 1)
-            for l in range(nL - 1):
-                sA = alpha_f[l]
-                E_inv[l] = -(lam_max * sigmoid(fwd["C"][l]) - sA) * sA * (1 - sA)
-        finite = np.isfinite(loss) and all(np.isfinite(np.vdot(e, e)) for e in E[:-1])
+        E = [np.empty_like(c) for c in fwd["C"]]
+        E_inv = [np.empty_like(a) for a in fwd["A"]] if cfg.update_feedback_weights else None
+        hidden = (lambda xs: tuple(xs) if nL > 1 else (self._dummy2,))  # noqa: E731
+        loss, finite = _kernel.local_errors(
+            tuple(fwd["C"]), hidden(fwd["A"]), hidden(tgt["A"]), tgt["lam_out"], tuple(w.WT),
+            self._error_consts, cfg.use_backprop, cfg.update_feedback_weights, tuple(E),
+            hidden(E_inv) if E_inv is not None else hidden(fwd["A"]))
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates

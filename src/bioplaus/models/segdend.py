@@ -242,32 +242,36 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             self.diverged_ = True
 
     def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype):
-        for start in range(0, X.shape[0], B):
-            if self.diverged_:
-                break
-            xb = X[start:start + B]
-            nb = xb.shape[0]
-            targets = np.zeros((nb, n_out), dtype)
-            for j in range(k):
-                targets[np.arange(nb), y_idx[start:start + nb] * k + j] = 1
-            key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
-                   cfg.use_broadcast)
-            if self._state is None or self._state_key != key:
-                self._state = core.State(cfg, B, dtype)
-                self._state.reproject(self._weights)
-                self._state_key = key
-            st = self._state
-            if nb < B:  # a final partial batch runs on the first nb slots of the state
-                st = _slice_state(self._state, nb, cfg, dtype, self._weights)
-            with np.errstate(over="ignore", invalid="ignore"):
-                loss, finite = sim.train_batch(st, self._weights, xb, targets, self._streams)
-            if nb < B:
-                _write_back(self._state, st, nb)
-                self._state.reproject(self._weights)
-            self.n_examples_seen_ += nb
-            self.loss_curve_.append(loss)
-            if not finite:
-                self.diverged_ = True
+        # teaching signals of all examples: the k output units of the class are on
+        all_targets = np.zeros((X.shape[0], n_out), dtype)
+        for j in range(k):
+            all_targets[np.arange(X.shape[0]), y_idx * k + j] = 1
+        key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
+               cfg.use_broadcast)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned
+            for start in range(0, X.shape[0], B):
+                if self.diverged_:
+                    break
+                self._train_batch(X[start:start + B], all_targets[start:start + B], cfg, sim, B, key, dtype)
+
+    def _train_batch(self, xb, targets, cfg, sim, B, key, dtype):
+        """One mini-batch (a final partial one on the first rows of the batch state)."""
+        nb = xb.shape[0]
+        if self._state is None or self._state_key != key:
+            self._state = core.State(cfg, B, dtype)
+            self._state.reproject(self._weights)
+            self._state_key = key
+        st = self._state
+        if nb < B:  # a final partial batch runs on the first nb slots of the state
+            st = _slice_state(self._state, nb, cfg, dtype, self._weights)
+        loss, finite = sim.train_batch(st, self._weights, xb, targets, self._streams)
+        if nb < B:
+            _write_back(self._state, st, nb)
+            self._state.reproject(self._weights)
+        self.n_examples_seen_ += nb
+        self.loss_curve_.append(loss)
+        if not finite:
+            self.diverged_ = True
 
     def _check_structure(self, cfg, dtype):
         new = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)

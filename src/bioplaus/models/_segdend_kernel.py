@@ -1,0 +1,587 @@
+"""Compiled time-step loop of the segregated-dendrite simulator (numba).
+
+Only :mod:`bioplaus.models._segdend_core` calls this module: it holds the
+arrays and the order of random draws; here is the per-step arithmetic of
+:meth:`Simulator.run_phase`, compiled so that the step loop costs no Python
+overhead. Layers are passed as tuples of arrays (index ``l`` = layer ``l``;
+sources: index 0 = input, ``l + 1`` = layer ``l``). Tuples that may be empty
+(hidden-layer quantities of a network without hidden layer) carry one unused
+placeholder so every tuple has one element type.
+
+Numerics are those of the specification: a layer's rates are
+``lambda_max * sigmoid(C)``; spikes are Poisson counts by inverse CDF of one
+uniform per source neuron and step; spike projections ``S @ M`` skip silent
+sources (spikes are sparse). Sums run in a fixed order, so results do not
+depend on threads or machine load.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# Compiled functions are cached next to this file (or in numba's user cache
+# when that is not writable): only the first process on a machine compiles.
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@intrinsic
+def _int32_as_float32(typingctx, x):
+    """The float32 whose bits are the int32 ``x``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _float32_as_int32(typingctx, x):
+    """The int32 whose bits are the float32 ``x``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.int32(types.float32), codegen
+
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = HI + LO
+_ROUND = np.float32(12582912.0)  # 1.5 * 2**23: adding it rounds a float32 to an integer
+
+
+@njit(error_model="numpy")
+def _exp_float32(x):
+    """``exp(x)`` in float32, vectorisable: ``x`` clamped to [-87, 87], ``x = k ln 2 + r``
+    (``|r| <= ln 2 / 2``), ``exp(r)`` by its degree-7 polynomial, ``2^k`` from exponent
+    bits. Relative error below 2e-7 (about 2 ulp); NaN gives NaN."""
+    x = np.float32(-87.0) if x < np.float32(-87.0) else x  # NaN stays NaN (divergence is detected)
+    x = np.float32(87.0) if x > np.float32(87.0) else x
+    t = x * _LOG2E + _ROUND
+    k = _float32_as_int32(t) - _float32_as_int32(_ROUND)
+    kf = t - _ROUND
+    r = x - kf * _LN2_HI - kf * _LN2_LO
+    p = np.float32(1.9875691500e-4)  # Taylor-like minimax coefficients of (exp(r) - 1 - r) / r^2
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _int32_as_float32((k + np.int32(127)) << np.int32(23))
+
+
+def _exp_neg_of(x):
+    """``exp(-x)``: the vectorisable float32 version for float32, the library's otherwise."""
+
+
+@overload(_exp_neg_of)
+def _exp_neg_of_impl(x):
+    if x == types.float32:
+        return lambda x: _exp_float32(-x)
+    return lambda x: math.exp(-x)
+
+
+@njit(inline="always")
+def _rate(x, lam_max, one):
+    """``lam_max * sigmoid(x)``, branch-free (``exp(-x)`` is large for very negative x: 0).
+
+    ``one`` is 1 in the arrays' dtype, so float32 stays float32."""
+    return lam_max / (one + _exp_neg_of(x))
+
+
+@njit(inline="always")
+def _exp_neg_poly(lam):
+    """``exp(-lam)`` for ``0 <= lam <= 0.5``: Taylor polynomial of degree 13 (relative error
+    below 2e-15; vectorisable, unlike the library call)."""
+    x = -lam
+    return 1.0 + x * (1.0 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (
+        1 / 720 + x * (1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x * (1 / 3628800 + x * (
+            1 / 39916800 + x * (1 / 479001600 + x / 6227020800))))))))))))
+
+
+@njit(inline="always")
+def _exp_neg(lam):
+    """``exp(-lam)`` for ``lam >= 0``."""
+    return _exp_neg_poly(lam) if lam <= 0.5 else math.exp(-lam)
+
+
+@njit(inline="always")
+def _splitmix(key, i):
+    """Output ``i`` (0-based) of the SplitMix64 generator seeded with ``key`` (both uint64)."""
+    z = key + (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def _uniform(key, i, bits):
+    """Uniform in [0, 1) from the top ``bits`` (24 or 53) bits of SplitMix64 output ``i``."""
+    z = _splitmix(key, np.uint64(i))
+    if bits == 24:  # via int32: vectorisable on AVX2
+        return np.float32(np.int32(z >> np.uint64(40))) * np.float32(5.9604644775390625e-08)
+    return np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16
+
+
+@njit(**_JIT)
+def fill_uniforms(key, start, bits, out):
+    """``out[j]`` = uniform number ``start + j`` of the stream ``key`` (1-D ``out``)."""
+    for j in range(out.size):
+        out[j] = _uniform(key, start + j, bits)
+
+
+@njit(inline="always")
+def _poisson(lam, u, p):
+    """Inverse-CDF Poisson count of mean ``lam`` for uniform ``u``; ``p = exp(-lam)``.
+
+    Count = number of CDF values ``F(k) < u``; stops once the pmf term
+    underflows (a uniform above the float CDF's limit).
+    """
+    if not u > p:
+        return 0.0
+    term = p * lam
+    cdf = p + term
+    k = 1
+    if u > cdf:
+        while True:
+            k += 1
+            term = term * lam / k
+            cdf = cdf + term
+            if not (u > cdf and term > 0):
+                break
+    return float(k)
+
+
+@njit(**_JIT)
+def poisson_counts(lam, u, out):
+    """``out[i]`` = Poisson count of mean ``max(lam[i], 0)`` for uniform ``u[i]`` (1-D arrays)."""
+    for i in range(lam.size):
+        m = max(lam[i], 0.0)
+        out[i] = _poisson(m, u[i], _exp_neg(m))
+
+
+@njit(inline="always")
+def _sample(rates, p_fixed, use_p_fixed, poly_ok, U, base, key, bits, S):
+    """Spike counts ``S`` (B, n) of rates (B, n).
+
+    Uniform ``j`` of the step is SplitMix64 output ``base + j`` of ``key`` when
+    ``bits`` > 0, else ``U[base + j]``. ``p_fixed`` = ``exp(-rates)`` if
+    ``use_p_fixed``; ``poly_ok`` when every rate is at most 0.5. A first
+    (vectorisable) pass decides counts 0 and 1 by one comparison; a second
+    pass gives the rare larger counts by the full inverse CDF.
+    """
+    B, n = rates.shape
+    for b in range(B):
+        row = base + b * n
+        Sb, rb = S[b], rates[b]
+        if bits > 0 and use_p_fixed:  # the common cases get loops without branches
+            pb = p_fixed[b]
+            for i in range(n):
+                Sb[i] = 1.0 if _uniform(key, row + i, bits) > pb[i] else 0.0
+        elif bits > 0 and poly_ok:
+            for i in range(n):
+                Sb[i] = 1.0 if _uniform(key, row + i, bits) > _exp_neg_poly(max(rb[i], 0.0)) else 0.0
+        else:
+            for i in range(n):
+                u = _uniform(key, row + i, bits) if bits > 0 else U[row + i]
+                lam = max(rb[i], 0.0)
+                p = p_fixed[b, i] if use_p_fixed else _exp_neg(lam)
+                Sb[i] = 1.0 if u > p else 0.0
+        for i in range(n):
+            if Sb[i] != 0.0:
+                u = _uniform(key, row + i, bits) if bits > 0 else U[row + i]
+                lam = max(rb[i], 0.0)
+                p = p_fixed[b, i] if use_p_fixed else _exp_neg(lam)
+                if u > p + p * lam:
+                    Sb[i] = _poisson(lam, u, p)
+
+
+@njit(inline="always")
+def _project(S, M, out, rows):
+    """``out = S @ M`` for spike counts ``S`` (B, n), skipping silent sources.
+
+    Source-major: each active row of ``M`` is read once and added to every
+    example that spiked on it (``rows``: scratch of B ints).
+    """
+    B, n = S.shape
+    m = M.shape[1]
+    for b in range(B):
+        o = out[b]
+        for j in range(m):
+            o[j] = 0.0
+    for i in range(n):
+        k = 0
+        for b in range(B):
+            if S[b, i] != 0.0:
+                rows[k] = b
+                k += 1
+        if k:
+            Mi = M[i]
+            for q in range(k):
+                b = rows[q]
+                s = S[b, i]
+                o = out[b]
+                for j in range(m):
+                    o[j] += s * Mi[j]
+
+
+@njit(inline="always")
+def _add_scaled(out, x, a):
+    """``out += a * x`` for 2-D arrays of one shape."""
+    B, n = x.shape
+    for b in range(B):
+        for i in range(n):
+            out[b, i] += a * x[b, i]
+
+
+@njit(inline="always")
+def _scale_add(out, a, x, g):
+    """``out = a * out + g * x`` for 2-D arrays of one shape (``out`` may be ``x``)."""
+    B, n = out.shape
+    for i in range(B):
+        for j in range(n):
+            out[i, j] = a * out[i, j] + g * x[i, j]
+
+
+@njit(inline="always")
+def _add_row(out, row, g):
+    """``out += g * row`` for every row of ``out`` (B, n); ``row`` (n,)."""
+    B, n = out.shape
+    for i in range(B):
+        for j in range(n):
+            out[i, j] += g * row[j]
+
+
+@njit(inline="always")
+def _kernel_sum_add(weights, stack, out):
+    """``out += sum_k weights[k] * stack[k]`` (stack (mem, B, n))."""
+    for k in range(stack.shape[0]):
+        if weights[k] != 0.0:
+            _add_scaled(out, stack[k], weights[k])
+
+
+@njit(inline="always")
+def _kernel_sum(kappa_row, proj, out):
+    """``out = sum_k kappa_row[k] * proj[k]`` (PSP-filtered drive from projected spikes)."""
+    mem, B, n = proj.shape
+    for b in range(B):
+        for j in range(n):
+            out[b, j] = 0.0
+    for k in range(mem):
+        w = kappa_row[k]
+        if w != 0.0:
+            P = proj[k]
+            for b in range(B):
+                for j in range(n):
+                    out[b, j] += w * P[b, j]
+
+
+@njit(**_JIT)
+def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, consts, kslot0, kslot1,
+                WT, b, YT, c, pend_P, pend_Q, pend_m,
+                rates, version, hist, p0_in, C, A, drive, ff_proj, ff_seen, fb_proj, fb_seen,
+                target, pl_start, pl_end, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
+                U, u_start, key, bits, u_off, per_step, wv0, off0, wv1, off1, hist_w0, hist_w1):
+    """Simulate phase steps ``t_first .. t_last`` (1-based within a phase of ``L_phase`` steps).
+
+    ``step``: global step counter before ``t_first`` (ring slot of step g is
+    ``g % mem``). ``flags`` (int64): spiking feedforward, spiking feedback,
+    conductances, apical conductance, apical compartments simulated, teaching
+    signal on, collect A, collect output rates, collect feedforward PSPs,
+    collect feedback PSPs, per-neuron plateau windows. ``consts``: keep_h,
+    keep_o, keep_t, gain_h, gain_A, k_B, k_D, g_D, g_L, lambda_max, 1, E_E, E_I, dt.
+    ``target`` (B, n_out): 0/1 teaching signal (conductances g_E, g_I = 1 - g_E).
+    ``pl_start``, ``pl_end`` (per hidden layer, (B, n) ints): per-neuron
+    apical windows when plateau times are random.
+    Spike uniforms: ``per_step`` per step, source ``i`` from ``u_off[i]`` on
+    within a step, step ``t_first`` from number ``u_start`` on; numbers of
+    the SplitMix64 stream ``key`` (``bits`` = 24 or 53 random bits each), or,
+    when ``bits`` is 0, entries of ``U``.
+    Sums over the window (steps ``start .. L_phase``) go to ``C_sum``,
+    ``A_sum``, ``lam_sum``, ``psp_ff``, ``psp_fb`` (emptied when ``t_first``
+    is 1) and are divided by the window length once the phase ends. Spikes
+    enter the mean PSPs with weight ``wv0[t - off0]`` (feedforward) or
+    ``wv1[t - off1]`` (feedback) at phase step t; the spikes of the ring
+    before the phase with ``hist_w0`` / ``hist_w1`` (per ring slot).
+    Returns ``(step, done)``; ``done`` when the phase ended early because a
+    step changed nothing (its window sums then cover the rest).
+    """
+    ff_spk, fb_spk, cond, apical_cond, apical = flags[0], flags[1], flags[2], flags[3], flags[4]
+    has_teach, collect_A, collect_lam, collect_psp, need_fb_psp, plateau = (
+        flags[5], flags[6], flags[7], flags[8], flags[9], flags[10])
+    keep_h, keep_o, keep_t, gain_h, gain_A = consts[0], consts[1], consts[2], consts[3], consts[4]
+    k_B, k_D, g_D, g_L, lam_max = consts[5], consts[6], consts[7], consts[8], consts[9]
+    nL = len(WT)
+    n_hidden = nL - 1
+    spiking_any = ff_spk or fb_spk
+    rows = np.empty(C[0].shape[0], np.int64)  # scratch of _project
+    one, E_E, E_I, sdt = consts[10], consts[11], consts[12], consts[13]
+    poly_ok = lam_max <= 0.5
+    if t_first == 1:  # a new phase: empty sums; history spikes enter the mean PSPs once, now
+        for x in C_sum:
+            x[...] = 0.0
+        if collect_A:
+            for x in A_sum:
+                x[...] = 0.0
+        if collect_lam:
+            lam_sum[...] = 0.0
+        if collect_psp:
+            for l in range(nL):
+                psp_ff[l][...] = 0.0
+                if ff_spk:
+                    _kernel_sum_add(hist_w0, hist[l], psp_ff[l])
+        if need_fb_psp:
+            for l in range(n_hidden):
+                psp_fb[l][...] = 0.0
+                if fb_spk:
+                    _kernel_sum_add(hist_w1, hist[fb_src[l] + 1], psp_fb[l])
+    for t in range(t_first, t_last + 1):
+        step += 1
+        slot = step % mem
+        changed_phase = t == 1
+        anything = changed_phase or cond or spiking_any
+        in_window = t >= start
+        ubase = u_start + (t - t_first) * per_step
+        if ff_spk:  # input spikes
+            S = hist[0][slot]
+            _sample(rates[0], p0_in, True, poly_ok, U, ubase + u_off[0], key, bits, S)
+            _project(S, WT[0], ff_proj[0][slot], rows)
+            if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
+                _add_scaled(psp_ff[0], S, wv0[t - off0])
+        for l in range(nL):
+            hidden = l < n_hidden
+            Cl = C[l]
+            Dl = drive[l]
+            Bn, n = Cl.shape
+            # basal / dendritic drive
+            drive_changed = False
+            if ff_spk:
+                _kernel_sum(kslot0[slot], ff_proj[l], Dl)
+                drive_changed = True
+            elif ff_seen[l] != version[l]:
+                np.dot(rates[l], WT[l], Dl)
+                m = pend_m[l]
+                if m > 0:
+                    Dl += np.dot(np.dot(rates[l], pend_P[l][:m].T), pend_Q[l][:m])
+                bl = b[l]
+                for i in range(Bn):
+                    for j in range(n):
+                        Dl[i, j] += bl[j]
+                ff_seen[l] = version[l]
+                drive_changed = True
+            if collect_psp and not ff_spk and in_window:
+                _add_scaled(psp_ff[l], rates[l], 1.0)
+            if hidden and apical:
+                Al = A[l]
+                src = fb_src[l] + 1
+                a_changed = False
+                if fb_spk:
+                    _kernel_sum(kslot1[slot], fb_proj[l], Al)
+                    a_changed = True
+                elif fb_seen[l] != version[src]:
+                    np.dot(rates[src], YT[l], Al)
+                    fb_seen[l] = version[src]
+                    a_changed = True
+                if a_changed:
+                    anything = True
+                    if c[l].size:
+                        cl = c[l]
+                        for i in range(Bn):
+                            for j in range(n):
+                                Al[i, j] += cl[j]
+                if need_fb_psp and in_window and not fb_spk:
+                    _add_scaled(psp_fb[l], rates[src], 1.0)
+            # soma
+            C_changed = False
+            if cond:
+                # C <- C + dt (-g_L C + g_B (D - C) [+ g_A (A - C)] [+ g_E (E_E - C) + g_I (E_I - C)])
+                keep = keep_h if hidden else (keep_t if has_teach else keep_o)
+                _scale_add(Cl, keep, Dl, gain_h)
+                if ff_spk:  # spike mode: the bias is not part of the filtered drive
+                    _add_row(Cl, b[l], gain_h)
+                if hidden and apical_cond:
+                    _add_scaled(Cl, A[l], gain_A)
+                if not hidden and has_teach:  # dt (g_E E_E + g_I E_I)
+                    for i in range(Bn):
+                        for j in range(n):
+                            gE = target[i, j]
+                            Cl[i, j] += sdt * (gE * E_E + (one - gE) * E_I)
+                C_changed = True
+            elif drive_changed or (not hidden and changed_phase):
+                bl = b[l]
+                bias_gain = 1.0 if ff_spk else 0.0  # spike mode: the bias is not in the drive
+                if not hidden and has_teach:
+                    for i in range(Bn):
+                        for j in range(n):
+                            d = Dl[i, j] + bias_gain * bl[j]
+                            gE = target[i, j]
+                            Cl[i, j] = (g_D * d + gE * E_E + (one - gE) * E_I) / (g_L + g_D + one)
+                else:
+                    k = k_B if hidden else k_D
+                    for i in range(Bn):
+                        for j in range(n):
+                            Cl[i, j] = k * (Dl[i, j] + bias_gain * bl[j])
+                C_changed = True
+            if C_changed:
+                anything = True
+                r = rates[l + 1]
+                for i in range(Bn):
+                    for j in range(n):
+                        r[i, j] = _rate(Cl[i, j], lam_max, one)
+                version[l + 1] += 1
+            # spikes of this layer, for the pathways that read them
+            if flags[11 + l + 1]:
+                S = hist[l + 1][slot]
+                _sample(rates[l + 1], p0_in, False, poly_ok, U, ubase + u_off[l + 1], key, bits, S)
+                if ff_spk and l + 1 < nL:
+                    _project(S, WT[l + 1], ff_proj[l + 1][slot], rows)
+                    if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
+                        _add_scaled(psp_ff[l + 1], S, wv0[t - off0])
+                if fb_spk and apical:
+                    for l2 in range(n_hidden):
+                        if fb_src[l2] == l:
+                            _project(S, YT[l2], fb_proj[l2][slot], rows)
+                            if need_fb_psp and 0 <= t - off1 < wv1.size and wv1[t - off1] != 0:
+                                _add_scaled(psp_fb[l2], S, wv1[t - off1])
+        if not anything and t > 1:
+            # nothing changed in this whole step: the remaining steps repeat it exactly
+            _fast_forward(t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff,
+                          psp_fb, collect_A, collect_lam, collect_psp, need_fb_psp, plateau,
+                          pl_start, pl_end)
+            _window_means(L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
+                          collect_psp and not ff_spk, need_fb_psp and not fb_spk)
+            return step + L_phase - t, True
+        if in_window:
+            for l in range(nL):
+                _add_scaled(C_sum[l], C[l], 1.0)
+            if collect_lam:
+                _add_scaled(lam_sum, rates[nL], 1.0)
+        if collect_A:
+            for l in range(n_hidden):
+                if not plateau:
+                    if in_window:
+                        _add_scaled(A_sum[l], A[l], 1.0)
+                else:
+                    Al, As, ps, pe = A[l], A_sum[l], pl_start[l], pl_end[l]
+                    Bn, n = Al.shape
+                    for i in range(Bn):
+                        for j in range(n):
+                            if ps[i, j] <= t and t <= pe[i, j]:
+                                As[i, j] += Al[i, j]
+    if t_last == L_phase:
+        _window_means(L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
+                      collect_psp and not ff_spk, need_fb_psp and not fb_spk)
+    return step, False
+
+
+@njit(inline="always")
+def _window_means(T, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam, rate_psp_ff, rate_psp_fb):
+    """Divide the window sums by the window length ``T`` (spike PSP sums are means already)."""
+    inv = 1.0 / T
+    for x in C_sum:
+        _scale_add(x, inv, x, 0.0)
+    if collect_A:
+        for x in A_sum:
+            _scale_add(x, inv, x, 0.0)
+    if collect_lam:
+        _scale_add(lam_sum, inv, lam_sum, 0.0)
+    if rate_psp_ff:
+        for x in psp_ff:
+            _scale_add(x, inv, x, 0.0)
+    if rate_psp_fb:
+        for x in psp_fb:
+            _scale_add(x, inv, x, 0.0)
+
+
+@njit(inline="always")
+def _fast_forward(t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
+                  collect_A, collect_lam, collect_psp, need_fb_psp, plateau, pl_start, pl_end):
+    """Add the window contributions of steps ``t .. L_phase`` (all equal to step t)."""
+    nL = len(C)
+    n_win = L_phase - max(t, start) + 1
+    if n_win > 0:
+        f = float(n_win)
+        f_psp = f - 1.0 if t >= start else f  # step t's rates were already added once
+        for l in range(nL):
+            _add_scaled(C_sum[l], C[l], f)
+        if collect_lam:
+            _add_scaled(lam_sum, rates[nL], f)
+        if collect_psp:
+            for l in range(nL):
+                _add_scaled(psp_ff[l], rates[l], f_psp)
+        if need_fb_psp:
+            for l in range(nL - 1):
+                _add_scaled(psp_fb[l], rates[fb_src[l] + 1], f_psp)
+        if collect_A and not plateau:
+            for l in range(nL - 1):
+                _add_scaled(A_sum[l], A[l], f)
+    if collect_A and plateau:
+        for l in range(nL - 1):
+            Al, As, ps, pe = A[l], A_sum[l], pl_start[l], pl_end[l]
+            Bn, n = Al.shape
+            for i in range(Bn):
+                for j in range(n):
+                    cnt = pe[i, j] - max(ps[i, j], t) + 1
+                    if cnt > 0:
+                        As[i, j] += cnt * Al[i, j]
+
+
+@njit(**_JIT)
+def local_errors(fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_feedback, E, E_inv):
+    """Per-example local errors of every layer, from the window means of one training batch.
+
+    ``fwd_C`` (per layer, (B, n_l)), ``fwd_A`` and ``tgt_A`` (per hidden
+    layer): somatic and apical means of the forward and target phases;
+    ``lam_out`` (B, n_out): output rates in the target phase. Fills ``E``
+    (per layer) and, with ``update_feedback``, ``E_inv`` (per hidden layer):
+
+    * output: ``E = -(lam_out - lam_max s(C)) k_D lam_max s'(C)``;
+    * hidden: ``E = -(s(A_t) - s(A_f)) k_B lam_max s'(C)``, or with
+      ``use_backprop`` ``E = (E_{l+1} @ W_{l+1}) k_B lam_max s'(C)``;
+    * feedback: ``E_inv = -(lam_max s(C) - s(A_f)) s'(A_f)``.
+
+    ``consts``: k_B, k_D, lam_max. Returns ``(loss, finite)``: the mean output
+    loss ``|lam_out - lam_max s(C)|^2`` and whether every error is finite.
+    """
+    k_B, k_D, lam_max = consts[0], consts[1], consts[2]
+    nL = len(fwd_C)
+    C_out, E_out = fwd_C[nL - 1], E[nL - 1]
+    B, n = C_out.shape
+    loss = 0.0
+    for i in range(B):
+        for j in range(n):
+            s = _rate(C_out[i, j], 1.0, 1.0)
+            d = lam_out[i, j] - lam_max * s
+            loss += d * d
+            E_out[i, j] = -d * (k_D * lam_max) * s * (1.0 - s)
+    finite = math.isfinite(loss)
+    for l in range(nL - 2, -1, -1):
+        Cl, El = fwd_C[l], E[l]
+        B, n = Cl.shape
+        gain = k_B * lam_max
+        if use_backprop:
+            np.dot(E[l + 1], WT[l + 1].T, El)
+            for i in range(B):
+                for j in range(n):
+                    s = _rate(Cl[i, j], 1.0, 1.0)
+                    El[i, j] *= gain * s * (1.0 - s)
+        else:
+            At, Af = tgt_A[l], fwd_A[l]
+            for i in range(B):
+                for j in range(n):
+                    s = _rate(Cl[i, j], 1.0, 1.0)
+                    El[i, j] = -(_rate(At[i, j], 1.0, 1.0) - _rate(Af[i, j], 1.0, 1.0)) * (gain * s * (1.0 - s))
+        if update_feedback:
+            Af, Ei = fwd_A[l], E_inv[l]
+            for i in range(B):
+                for j in range(n):
+                    a = _rate(Af[i, j], 1.0, 1.0)
+                    Ei[i, j] = -(lam_max * _rate(Cl[i, j], 1.0, 1.0) - a) * a * (1.0 - a)
+        total = 0.0
+        for i in range(B):
+            for j in range(n):
+                total += El[i, j] * El[i, j]
+        if not math.isfinite(total):
+            finite = False
+    return loss / B, finite
