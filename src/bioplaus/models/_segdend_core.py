@@ -296,18 +296,12 @@ class Weights:
                 tuple(d2 if p is None else p.Q for p in self.pending), self.pending_m)
         return self._kernel_arrays
 
-    def defer(self, l, psp, E, alpha):
-        """Queue ``WT[l] += alpha * psp.T @ E`` (one example); apply when DEFER_RANK are queued."""
-        pend = self.pending[l]
-        if pend is None:
-            pend = self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
-            self._kernel_arrays = None
-        m = self.pending_m[l]
-        pend.P[m] = psp[0]
-        np.multiply(E[0], alpha, out=pend.Q[m])
-        self.pending_m[l] = m + 1
-        if m + 1 == DEFER_RANK:
-            self.flush(l)
+    def ensure_pending(self, layers):
+        """Allocate the pending low-rank buffers of the layers flagged in ``layers``."""
+        for l, on in enumerate(layers):
+            if on and self.pending[l] is None:
+                self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
+                self._kernel_arrays = None
 
     def flush(self, layer=None):
         """Apply pending updates (of one layer, or all)."""
@@ -580,6 +574,7 @@ class Simulator:
         self._error_consts = np.array([cfg.k_B, cfg.k_D, cfg.lambda_max], dtype=self.dtype)
         self._no_plateau = (np.zeros((1, 1), np.int64),) * max(1, cfg.n_layers - 1)
         self._no_history = np.zeros(cfg.mem, self.dtype)
+        self._mode_cache = {}
 
     # -- helpers ---------------------------------------------------------
 
@@ -672,6 +667,15 @@ class Simulator:
         st.step = step
         return dict(out)
 
+    def _update_modes(self, w, defer):
+        """Per layer, how an online update is applied (see ``_segdend_kernel.online_update``)."""
+        key = (defer, tuple(x.size for x in w.WT))
+        modes = self._mode_cache.get(key)
+        if modes is None:
+            modes = self._mode_cache[key] = np.array(
+                [(1 if defer else 0) if x.size >= DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
+        return modes
+
     def _phase_arrays(self, st, w, switches):
         """Leading arguments of the compiled loop (switches, constants, weights, state), the
         window-sum arrays and the result dict of one kind of phase; cached on the state."""
@@ -760,15 +764,24 @@ class Simulator:
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates
-        defer = B == 1 and not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
-        for l in range(nL):
-            scale = f_etas[l] * (cfg.P_final if l == nL - 1 else cfg.P_hidden)
-            if defer and w.WT[l].size >= DEFER_MIN_SIZE:
-                w.defer(l, fwd["psp_ff"][l], E[l], dt.type(-scale))
-            else:
+        scales = [f_etas[l] * (cfg.P_final if l == nL - 1 else cfg.P_hidden) for l in range(nL)]
+        if B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
+            defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
+            mode = self._update_modes(w, defer)
+            w.ensure_pending(mode == 1)
+            _, _, _, _, P, Q, pending_m = w.kernel_arrays()
+            _kernel.online_update(tuple(w.WT), tuple(w.b), tuple(fwd["psp_ff"]), tuple(E),
+                                  np.array(scales, dt), mode, P, Q, pending_m)
+            for l in range(nL):
+                if mode[l] == 0:
+                    rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l])
+                elif mode[l] == 1 and pending_m[l] == DEFER_RANK:
+                    w.flush(l)
+        else:
+            for l in range(nL):
                 w.flush(l)
-                rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scale / B)
-            w.b[l] -= dt.type(scale) * (E[l][0] if B == 1 else E[l].mean(axis=0))
+                rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
+                w.b[l] -= dt.type(scales[l]) * E[l].mean(axis=0)
         if E_inv is not None:
             for l in range(nL - 1):
                 rank_update(w.YT[l], fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)

@@ -91,22 +91,6 @@ def _rate(x, lam_max, one):
 
 
 @njit(inline="always")
-def _exp_neg_poly(lam):
-    """``exp(-lam)`` for ``0 <= lam <= 0.5``: Taylor polynomial of degree 13 (relative error
-    below 2e-15; vectorisable, unlike the library call)."""
-    x = -lam
-    return 1.0 + x * (1.0 + x * (1 / 2 + x * (1 / 6 + x * (1 / 24 + x * (1 / 120 + x * (
-        1 / 720 + x * (1 / 5040 + x * (1 / 40320 + x * (1 / 362880 + x * (1 / 3628800 + x * (
-            1 / 39916800 + x * (1 / 479001600 + x / 6227020800))))))))))))
-
-
-@njit(inline="always")
-def _exp_neg(lam):
-    """``exp(-lam)`` for ``lam >= 0``."""
-    return _exp_neg_poly(lam) if lam <= 0.5 else math.exp(-lam)
-
-
-@njit(inline="always")
 def _splitmix(key, i):
     """Output ``i`` (0-based) of the SplitMix64 generator seeded with ``key`` (both uint64)."""
     z = key + (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
@@ -117,11 +101,27 @@ def _splitmix(key, i):
 
 @njit(inline="always")
 def _uniform(key, i, bits):
-    """Uniform in [0, 1) from the top ``bits`` (24 or 53) bits of SplitMix64 output ``i``."""
+    """Uniform in [0, 1) from the top ``bits`` (24 or 53) bits of SplitMix64 output ``i`` (float64)."""
     z = _splitmix(key, np.uint64(i))
-    if bits == 24:  # via int32: vectorisable on AVX2
-        return np.float32(np.int32(z >> np.uint64(40))) * np.float32(5.9604644775390625e-08)
+    if bits == 24:
+        return np.float64(np.int64(z >> np.uint64(40))) * 5.9604644775390625e-08
     return np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16
+
+
+def _uniform_like(proto, key, i, bits):
+    """:func:`_uniform` in the type of ``proto`` (float32 stays float32, vectorisable)."""
+
+
+@overload(_uniform_like)
+def _uniform_like_impl(proto, key, i, bits):
+    if proto == types.float32:
+        def impl32(proto, key, i, bits):
+            z = _splitmix(key, np.uint64(i))
+            if bits == 24:  # exact in float32; via int32, which AVX2 converts in vectors
+                return np.float32(np.int32(z >> np.uint64(40))) * np.float32(5.9604644775390625e-08)
+            return np.float32(np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16)
+        return impl32
+    return lambda proto, key, i, bits: _uniform(key, i, bits)
 
 
 @njit(**_JIT)
@@ -158,43 +158,47 @@ def poisson_counts(lam, u, out):
     """``out[i]`` = Poisson count of mean ``max(lam[i], 0)`` for uniform ``u[i]`` (1-D arrays)."""
     for i in range(lam.size):
         m = max(lam[i], 0.0)
-        out[i] = _poisson(m, u[i], _exp_neg(m))
+        out[i] = _poisson(m, u[i], math.exp(-m))
 
 
 @njit(inline="always")
-def _sample(rates, p_fixed, use_p_fixed, poly_ok, U, base, key, bits, S):
-    """Spike counts ``S`` (B, n) of rates (B, n).
+def _sample(rates, p_fixed, use_p_fixed, U, base, key, bits, S, one):
+    """Spike counts ``S`` (B, n) of rates (B, n); ``one`` = 1 in their dtype.
 
     Uniform ``j`` of the step is SplitMix64 output ``base + j`` of ``key`` when
     ``bits`` > 0, else ``U[base + j]``. ``p_fixed`` = ``exp(-rates)`` if
-    ``use_p_fixed``; ``poly_ok`` when every rate is at most 0.5. A first
-    (vectorisable) pass decides counts 0 and 1 by one comparison; a second
-    pass gives the rare larger counts by the full inverse CDF.
+    ``use_p_fixed``. A first (vectorisable) pass gives counts 0, 1 and "2 or
+    more" by comparing the uniform with the CDF values F(0) = p and
+    F(1) = p + p lam; a second pass gives the rare larger counts by the full
+    inverse CDF.
     """
     B, n = rates.shape
+    zero = one - one
     for b in range(B):
         row = base + b * n
         Sb, rb = S[b], rates[b]
         if bits > 0 and use_p_fixed:  # the common cases get loops without branches
             pb = p_fixed[b]
             for i in range(n):
-                Sb[i] = 1.0 if _uniform(key, row + i, bits) > pb[i] else 0.0
-        elif bits > 0 and poly_ok:
+                u, p = _uniform_like(one, key, row + i, bits), pb[i]
+                Sb[i] = (one if u > p else zero) + (one if u > p + p * rb[i] else zero)
+        elif bits > 0:
             for i in range(n):
-                Sb[i] = 1.0 if _uniform(key, row + i, bits) > _exp_neg_poly(max(rb[i], 0.0)) else 0.0
+                lam = rb[i] if rb[i] > zero else zero
+                u, p = _uniform_like(one, key, row + i, bits), _exp_neg_of(lam)
+                Sb[i] = (one if u > p else zero) + (one if u > p + p * lam else zero)
         else:
             for i in range(n):
-                u = _uniform(key, row + i, bits) if bits > 0 else U[row + i]
-                lam = max(rb[i], 0.0)
-                p = p_fixed[b, i] if use_p_fixed else _exp_neg(lam)
-                Sb[i] = 1.0 if u > p else 0.0
+                lam = rb[i] if rb[i] > zero else zero
+                u = U[row + i]
+                p = p_fixed[b, i] if use_p_fixed else _exp_neg_of(lam)
+                Sb[i] = (one if u > p else zero) + (one if u > p + p * lam else zero)
         for i in range(n):
-            if Sb[i] != 0.0:
-                u = _uniform(key, row + i, bits) if bits > 0 else U[row + i]
-                lam = max(rb[i], 0.0)
-                p = p_fixed[b, i] if use_p_fixed else _exp_neg(lam)
-                if u > p + p * lam:
-                    Sb[i] = _poisson(lam, u, p)
+            if Sb[i] > 1.5:  # count 2 or more (rare)
+                u = _uniform_like(one, key, row + i, bits) if bits > 0 else U[row + i]
+                lam = rb[i] if rb[i] > zero else zero
+                p = p_fixed[b, i] if use_p_fixed else _exp_neg_of(lam)
+                Sb[i] = _poisson(lam, u, p)
 
 
 @njit(inline="always")
@@ -317,7 +321,6 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
     spiking_any = ff_spk or fb_spk
     rows = np.empty(C[0].shape[0], np.int64)  # scratch of _project
     one, E_E, E_I, sdt = consts[10], consts[11], consts[12], consts[13]
-    poly_ok = lam_max <= 0.5
     if t_first == 1:  # a new phase: empty sums; history spikes enter the mean PSPs once, now
         for x in C_sum:
             x[...] = 0.0
@@ -345,7 +348,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
         ubase = u_start + (t - t_first) * per_step
         if ff_spk:  # input spikes
             S = hist[0][slot]
-            _sample(rates[0], p0_in, True, poly_ok, U, ubase + u_off[0], key, bits, S)
+            _sample(rates[0], p0_in, True, U, ubase + u_off[0], key, bits, S, one)
             _project(S, WT[0], ff_proj[0][slot], rows)
             if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
                 _add_scaled(psp_ff[0], S, wv0[t - off0])
@@ -433,7 +436,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
             # spikes of this layer, for the pathways that read them
             if flags[11 + l + 1]:
                 S = hist[l + 1][slot]
-                _sample(rates[l + 1], p0_in, False, poly_ok, U, ubase + u_off[l + 1], key, bits, S)
+                _sample(rates[l + 1], p0_in, False, U, ubase + u_off[l + 1], key, bits, S, one)
                 if ff_spk and l + 1 < nL:
                     _project(S, WT[l + 1], ff_proj[l + 1][slot], rows)
                     if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
@@ -585,3 +588,35 @@ def local_errors(fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_
         if not math.isfinite(total):
             finite = False
     return loss / B, finite
+
+
+@njit(**_JIT)
+def online_update(WT, b, psp, E, scales, mode, P, Q, pending_m):
+    """Updates of one example (batch 1): ``W_l -= scales[l] * psp_l^T E_l``, ``b_l -= scales[l] * E_l``.
+
+    ``mode[l]``: 1 = queue the rank-1 term in the pending ``P[l]``, ``Q[l]``
+    (slot ``pending_m[l]``, which advances); 2 = add it to ``WT[l]`` here
+    (small matrices); 0 = leave ``WT[l]`` to the caller (large matrices,
+    by BLAS). Biases are always updated here.
+    """
+    for l in range(len(WT)):
+        s = scales[l]
+        x, e, bl = psp[l][0], E[l][0], b[l]
+        if mode[l] == 1:
+            m = pending_m[l]
+            Pm, Qm = P[l][m], Q[l][m]
+            for i in range(x.size):
+                Pm[i] = x[i]
+            for j in range(e.size):
+                Qm[j] = -s * e[j]
+            pending_m[l] = m + 1
+        elif mode[l] == 2:
+            W = WT[l]
+            for i in range(x.size):
+                a = -s * x[i]
+                if a != 0.0:
+                    Wi = W[i]
+                    for j in range(e.size):
+                        Wi[j] += a * e[j]
+        for j in range(e.size):
+            bl[j] -= s * e[j]
