@@ -451,7 +451,9 @@ class _Pathway:
         self.source, self.lag, self.spiking = source, lag, spiking
         self._seen, self._index = seen, index  # source version the drive was computed from
         self.drive = np.zeros((B, n_out), dtype)
-        self.proj = np.zeros((mem, B, n_out), dtype) if spiking else None
+        self.proj = np.zeros((mem, B, n_out), dtype) if spiking else None  # ring of S(t) @ M
+        # PSP traces sum_a d^(a+1) proj(t - a) for d = exp(-1/tau_L), exp(-1/tau_s)
+        self.trace = np.zeros((2, B, n_out), dtype) if spiking else None
 
     @property
     def seen(self):
@@ -461,19 +463,12 @@ class _Pathway:
     def seen(self, v):
         self._seen[self._index] = v
 
-    def reproject(self, M):
-        """Recompute all projections after ``M`` changed."""
-        H = self.source.hist
-        mem, B, n = H.shape
-        flat = H.reshape(mem * B, n)
-        cols = np.flatnonzero(flat.any(axis=0))
-        out = self.proj.reshape(mem * B, -1)
-        if cols.size == 0:
-            out[...] = 0
-        elif cols.size * 2 > n:
-            np.matmul(flat, M, out=out)
-        else:
-            np.matmul(flat[:, cols], M[cols], out=out)
+    def reproject(self, M, trace_weights):
+        """Recompute all projections after ``M`` changed (spike by spike: spikes are sparse),
+        and the traces from them (``trace_weights`` (2, mem): weight of each ring slot)."""
+        mem, B, n = self.source.hist.shape
+        _kernel.project(self.source.hist.reshape(mem * B, n), M, self.proj.reshape(mem * B, -1))
+        np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
 
 
 class State:
@@ -483,6 +478,7 @@ class State:
         """``apical=False`` (testing without apical conductance): apical
         compartments are not simulated (they cannot affect the output)."""
         self.B, self.dtype, self.apical = B, np.dtype(dtype), apical
+        self.mem = cfg.mem
         L, mem = cfg.n_layers, cfg.mem
         sizes = cfg.sizes
         spiking_src = [cfg.use_spiking_feedforward] + [False] * L
@@ -526,8 +522,11 @@ class State:
             tuple(src.rates for src in self.sources), self.versions,
             tuple(d3 if src.hist is None else src.hist for src in self.sources), self.p0,
             tuple(self.C), hidden(self.A, d2), tuple(p.drive for p in self.ff),
-            tuple(d3 if p.proj is None else p.proj for p in self.ff), self.ff_seen,
-            hidden([d3 if q.proj is None else q.proj for q in self.fb], d3), self.fb_seen)
+            tuple(d3 if p.proj is None else p.proj for p in self.ff),
+            tuple(d3 if p.trace is None else p.trace for p in self.ff), self.ff_seen,
+            hidden([d3 if q.proj is None else q.proj for q in self.fb], d3),
+            hidden([d3 if q.trace is None else q.trace for q in self.fb], d3), self.fb_seen)
+        self._decays = np.exp(-1.0 / np.array([cfg.tau_L, cfg.tau_s]))
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
@@ -535,12 +534,15 @@ class State:
             weights.flush()
         self.ff_seen[:] = -1
         self.fb_seen[:] = -1
+        if any(p.spiking for p in self.ff + self.fb):
+            age = (self.step - np.arange(self.mem)) % self.mem  # ring slot k holds the projection of step - age[k]
+            trace_weights = (self._decays[:, None] ** (age + 1)).astype(self.dtype)
         for l, p in enumerate(self.ff):
             if p.spiking:
-                p.reproject(weights.WT[l])
+                p.reproject(weights.WT[l], trace_weights)
         for l, p in enumerate(self.fb):
             if p.spiking:
-                p.reproject(weights.YT[l])
+                p.reproject(weights.YT[l], trace_weights)
 
 
 class Simulator:
@@ -551,17 +553,11 @@ class Simulator:
         self.cfg = cfg
         self.dtype = np.dtype(dtype)
         mem = cfg.mem
-        kappa = psp_kernel(mem, cfg.tau_s, cfg.tau_L, np.float64)
-        # kappa_slot[lag][g % mem] = weights of ring slots for a PSP read at step g
-        self._kappa_slot = {}
-        for lag in (0, 1):
-            table = np.zeros((mem, mem))
-            for pos in range(mem):
-                newest = (pos - lag) % mem
-                for age in range(mem):
-                    table[pos, (newest - age) % mem] = kappa[age]
-            self._kappa_slot[lag] = table.astype(self.dtype)
-        self.kappa = kappa
+        self.kappa = psp_kernel(mem, cfg.tau_s, cfg.tau_L, np.float64)
+        # PSP traces (see _segdend_kernel._project_traced): d_L, d_L^(mem+1), d_s, d_s^(mem+1), 1/(tau_L - tau_s)
+        d_L, d_s = math.exp(-1.0 / cfg.tau_L), math.exp(-1.0 / cfg.tau_s)
+        self._decay = np.array([d_L, d_L ** (mem + 1), d_s, d_s ** (mem + 1), 1.0 / (cfg.tau_L - cfg.tau_s)],
+                               dtype=self.dtype)
         self._psp_cache = {}
         # constants of the compiled step loop (see _segdend_kernel.phase_steps)
         self._consts = np.array([1 - cfg.dt * (cfg.g_L + cfg.g_B + cfg.g_A_eff),  # keep_h
@@ -691,7 +687,7 @@ class Simulator:
                           collect_lam, collect_psp, need_fb_psp, plateau, *st.spiking_src], dtype=np.int64)
         d2, n_fb = self._dummy2, max(1, nL - 1)
         pl = (tuple(st.plateau_start), tuple(st.plateau_end)) if plateau else (self._no_plateau,) * 2
-        head = (cfg.mem, flags, self._fb_src, self._consts, self._kappa_slot[0], self._kappa_slot[1],
+        head = (cfg.mem, flags, self._fb_src, self._consts, self._decay,
                 *ka, *st.kernel_arrays, st.target, *pl)
         if cached is not None:  # same state, new weight arrays: keep the sums
             sums, out = cached[2], cached[3]

@@ -230,6 +230,12 @@ def _project(S, M, out, rows):
                     o[j] += s * Mi[j]
 
 
+@njit(**_JIT)
+def project(S, M, out):
+    """``out = S @ M`` for spike counts ``S`` (rows, n), skipping silent sources."""
+    _project(S, M, out, np.empty(S.shape[0], np.int64))
+
+
 @njit(inline="always")
 def _add_scaled(out, x, a):
     """``out += a * x`` for 2-D arrays of one shape."""
@@ -266,25 +272,45 @@ def _kernel_sum_add(weights, stack, out):
 
 
 @njit(inline="always")
-def _kernel_sum(kappa_row, proj, out):
-    """``out = sum_k kappa_row[k] * proj[k]`` (PSP-filtered drive from projected spikes)."""
-    mem, B, n = proj.shape
-    for b in range(B):
+def _project_traced(S, M, proj, slot, trace, decay, rows):
+    """Project spikes ``S`` into ring slot ``slot`` of ``proj`` and advance the PSP traces.
+
+    ``trace[0]``, ``trace[1]`` (B, n) hold ``sum_a d^(a+1) proj(t - a)``,
+    a = 0 .. mem - 1, for ``d = exp(-1/tau_L)`` and ``exp(-1/tau_s)``: the
+    PSP-filtered drive is their difference over ``tau_L - tau_s``. Advancing
+    by one step multiplies by ``d``, adds ``d`` times the new projection and
+    removes ``d^(mem+1)`` times the one it overwrites (spikes older than
+    ``mem`` steps no longer count). ``decay``: d_L, d_L^(mem+1), d_s,
+    d_s^(mem+1), 1 / (tau_L - tau_s).
+    """
+    dL, dLm, ds, dsm = decay[0], decay[1], decay[2], decay[3]
+    old, xL, xs = proj[slot], trace[0], trace[1]
+    B, n = old.shape
+    for i in range(B):
         for j in range(n):
-            out[b, j] = 0.0
-    for k in range(mem):
-        w = kappa_row[k]
-        if w != 0.0:
-            P = proj[k]
-            for b in range(B):
-                for j in range(n):
-                    out[b, j] += w * P[b, j]
+            xL[i, j] = dL * xL[i, j] - dLm * old[i, j]
+            xs[i, j] = ds * xs[i, j] - dsm * old[i, j]
+    _project(S, M, old, rows)
+    for i in range(B):
+        for j in range(n):
+            xL[i, j] += dL * old[i, j]
+            xs[i, j] += ds * old[i, j]
+
+
+@njit(inline="always")
+def _trace_drive(trace, inv_dtau, out):
+    """``out = (trace[0] - trace[1]) / (tau_L - tau_s)``: the PSP-filtered drive."""
+    xL, xs = trace[0], trace[1]
+    B, n = out.shape
+    for i in range(B):
+        for j in range(n):
+            out[i, j] = (xL[i, j] - xs[i, j]) * inv_dtau
 
 
 @njit(**_JIT)
-def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, consts, kslot0, kslot1,
+def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, consts, decay,
                 WT, b, YT, c, pend_P, pend_Q, pend_m,
-                rates, version, hist, p0_in, C, A, drive, ff_proj, ff_seen, fb_proj, fb_seen,
+                rates, version, hist, p0_in, C, A, drive, ff_proj, ff_trace, ff_seen, fb_proj, fb_trace, fb_seen,
                 target, pl_start, pl_end, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
                 U, u_start, key, bits, u_off, per_step, wv0, off0, wv1, off1, hist_w0, hist_w1):
     """Simulate phase steps ``t_first .. t_last`` (1-based within a phase of ``L_phase`` steps).
@@ -349,7 +375,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
         if ff_spk:  # input spikes
             S = hist[0][slot]
             _sample(rates[0], p0_in, True, U, ubase + u_off[0], key, bits, S, one)
-            _project(S, WT[0], ff_proj[0][slot], rows)
+            _project_traced(S, WT[0], ff_proj[0], slot, ff_trace[0], decay, rows)
             if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
                 _add_scaled(psp_ff[0], S, wv0[t - off0])
         for l in range(nL):
@@ -360,7 +386,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
             # basal / dendritic drive
             drive_changed = False
             if ff_spk:
-                _kernel_sum(kslot0[slot], ff_proj[l], Dl)
+                _trace_drive(ff_trace[l], decay[4], Dl)
                 drive_changed = True
             elif ff_seen[l] != version[l]:
                 np.dot(rates[l], WT[l], Dl)
@@ -380,7 +406,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
                 src = fb_src[l] + 1
                 a_changed = False
                 if fb_spk:
-                    _kernel_sum(kslot1[slot], fb_proj[l], Al)
+                    _trace_drive(fb_trace[l], decay[4], Al)
                     a_changed = True
                 elif fb_seen[l] != version[src]:
                     np.dot(rates[src], YT[l], Al)
@@ -438,13 +464,13 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
                 S = hist[l + 1][slot]
                 _sample(rates[l + 1], p0_in, False, U, ubase + u_off[l + 1], key, bits, S, one)
                 if ff_spk and l + 1 < nL:
-                    _project(S, WT[l + 1], ff_proj[l + 1][slot], rows)
+                    _project_traced(S, WT[l + 1], ff_proj[l + 1], slot, ff_trace[l + 1], decay, rows)
                     if collect_psp and 0 <= t - off0 < wv0.size and wv0[t - off0] != 0:
                         _add_scaled(psp_ff[l + 1], S, wv0[t - off0])
                 if fb_spk and apical:
                     for l2 in range(n_hidden):
                         if fb_src[l2] == l:
-                            _project(S, YT[l2], fb_proj[l2][slot], rows)
+                            _project_traced(S, YT[l2], fb_proj[l2], slot, fb_trace[l2], decay, rows)
                             if need_fb_psp and 0 <= t - off1 < wv1.size and wv1[t - off1] != 0:
                                 _add_scaled(psp_fb[l2], S, wv1[t - off1])
         if not anything and t > 1:
