@@ -116,3 +116,30 @@ def test_chunking_never_changes_what_is_learnt(prepared_digits, model, params):
     large = evaluate(model, params, data.X, data.y, chunk_rows=4096, **kw)
     assert [f.accuracy for f in small.folds] == [f.accuracy for f in large.folds]
     assert small.accuracy > 0.3
+
+
+def test_warm_up_hook_runs_before_the_clock_and_leaves_the_estimator_alone(digits):
+    """One-off costs (compiling kernels) are paid before a fold's CPU time limit starts."""
+    import dataclasses
+    import time
+
+    from bioplaus.models.registry import _REGISTERED, get_model, register
+
+    calls = []
+
+    def slow_warm_up(est, X, y, classes):
+        calls.append((type(est).__name__, X.shape, len(classes)))
+        end = time.process_time() + 0.5  # far above the limit below
+        while time.process_time() < end:
+            pass
+
+    register(dataclasses.replace(get_model("fake"), name="fake-warm", warm_up=slow_warm_up))
+    try:
+        X, y = digits
+        res = evaluate("fake-warm", {"mode": "ok", "shrink": 1.0}, X, y, input_shape=SHAPE, n_folds=3,
+                       epochs=2, time_limit=0.3, n_jobs=1)
+    finally:
+        _REGISTERED.pop("fake-warm", None)
+    assert len(calls) == 3 and calls[0] == ("NearestMeanClassifier", (2, 64), 10)
+    assert not res.timed_out and all(f.epochs_completed == 2 for f in res.folds)
+    assert all(f.fit_seconds < 0.5 for f in res.folds)  # the warm-up is not training time

@@ -453,3 +453,11 @@ def test_float32_rate_function_accurate_and_propagates_nan():
     assert np.isnan(rates(np.array([np.nan], np.float32), np.float32(0.2))[0])  # divergence stays visible
     x64 = np.linspace(-700, 700, 10_001)
     np.testing.assert_allclose(rates(x64, 0.2), 0.2 / (1 + np.exp(-x64)), rtol=1e-15, atol=1e-300)
+
+
+def test_warm_up_compiles_on_a_copy(digits):
+    X, y = digits
+    est = get_model("segdend").build(dict(get_model("segdend").default_params), input_shape=(1, 8, 8),
+                                     n_classes=10, epochs=1, random_state=0, options={})
+    get_model("segdend").warm_up(est, X[:2], y[:2], np.arange(10))
+    assert not hasattr(est, "classes_")  # the pipeline's estimator is still unfitted

@@ -50,6 +50,10 @@ class ModelSpec:
         drawn and ignored by ``build``.
     default_params: the published/default setting, as a point of the space
         (re-evaluated by the noise-floor rule).
+    warm_up: optional ``warm_up(estimator, X, y, classes)``, run before a
+        fold's clock starts: one-off costs that do not belong to the
+        configuration's training time (compiling kernels for this shape) are
+        paid there. It must leave ``estimator`` untouched.
     """
 
     name: str
@@ -58,6 +62,7 @@ class ModelSpec:
     search_space: SpaceFn
     default_params: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
+    warm_up: Callable[..., None] | None = None
 
 
 _BUILTIN: dict[str, str] = {

@@ -32,7 +32,7 @@ import numbers
 
 import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -493,11 +493,19 @@ DEFAULT_PARAMS = {
     "num_layers": 1, "h_l_1": 500, **{f"h_l_{i}": 100 for i in range(2, MAX_LAYERS + 1)},
 }
 
+def warm_up(estimator, X, y, classes):
+    """Compile the simulator's kernels for this configuration (network depth, dtype) on a
+    throw-away copy: compiled code is cached on disk, so this takes about a second once
+    the machine has compiled it before, and up to a minute the first time."""
+    clone(estimator).partial_fit(X, y, classes=classes).predict(X[:1])
+
+
 SPEC = ModelSpec(
     name="segdend",
     label="Segregated-dendrite MLP",
     build=build,
     search_space=search_space,
     default_params=DEFAULT_PARAMS,
-    description="Guerguiev et al. (2017) segregated-dendrite network, our vectorised NumPy simulator",
+    description="Guerguiev et al. (2017) segregated-dendrite network, our vectorised simulator",
+    warm_up=warm_up,
 )
