@@ -1,30 +1,35 @@
 """Vectorised simulation core of the segregated-dendrite network.
 
-Pure NumPy on arrays: knows nothing of scikit-learn, optuna or files. The
-estimator in :mod:`bioplaus.models.segdend` wraps it. Parameter names mirror
-the paper and its reference code (``l_f_phase``, ``lambda_max``, ``g_B`` ...);
-the equations are those of ``design/segregated-dendrites.md``.
+NumPy arrays and one compiled step loop (:mod:`._segdend_kernel`, numba):
+knows nothing of scikit-learn, optuna or files. The estimator in
+:mod:`bioplaus.models.segdend` wraps it. Parameter names mirror the paper and
+its reference code (``l_f_phase``, ``lambda_max``, ``g_B`` ...); the
+equations are those of ``design/segregated-dendrites.md``.
 
 Layout. ``B`` examples are simulated side by side as rows: every state array
 is ``(B, n)``. Feedforward weights are stored transposed, ``WT[l]`` of shape
 ``(n_{l-1}, n_l)`` (so ``W_l = WT[l].T`` in the paper's orientation), feedback
 weights likewise ``YT[l]`` of shape ``(n_src, n_l)`` (``Y_l = YT[l].T``).
 
-Time. Only the time-step loop is a Python loop. Work is skipped where it cannot
-change a result: in rate mode a dendritic drive is recomputed only when its
-source rates changed (the input never changes within an example), and once a
-whole step leaves every quantity unchanged the rest of the phase is
-fast-forwarded (its window sums are added in one go). In spike mode the
-filtered input ``W @ PSP(t)`` is kept as a ring buffer of projected spike
-vectors ``W @ S(j)`` (spikes are sparse: only active inputs are multiplied),
-combined with the kernel weights in one product per step; the mean PSP needed
-by the learning rule is accumulated spike by spike with precomputed weights.
+Time. The time-step loop of a phase runs compiled, with no Python per step.
+Work is skipped where it cannot change a result: in rate mode a dendritic
+drive is recomputed only when its source rates changed (the input never
+changes within an example), and once a whole step leaves every quantity
+unchanged the rest of the phase is fast-forwarded (its window sums are added
+in one go). In spike mode each step's spikes are projected once, ``S(t) @ W``
+(only active sources: spikes are sparse), into a ring of the last ``mem``
+projections, and the PSP-filtered drive is kept as two exponential traces
+(the kernel is a difference of exponentials) that each new projection
+enters and the projection ``mem`` steps old leaves; the mean PSP needed by
+the learning rule is accumulated spike by spike with precomputed weights.
+Online updates (batch 1) of large matrices are queued as a low-rank sum and
+applied every ``DEFER_RANK`` examples by one matrix product.
 
 Random streams are injectable (:class:`RandomStreams`); the order of draws is:
 per training batch (1) phase lengths if random (forward, then target),
 (2) plateau offsets if random (forward phase for every hidden layer bottom-up,
-then target phase); per time step the spike uniforms, input first then layers
-bottom-up, for every source whose spikes are consumed (input: spiking
+then target phase); per time step the spike uniforms (numbers of the streams'
+SplitMix64 sequence), input first then layers bottom-up, for every source whose spikes are consumed (input: spiking
 feedforward; hidden layer: spiking feedforward, or spiking feedback and it is a
 feedback source; output: spiking feedback and there is a hidden layer); after
 each update, for noisy symmetric feedback, one normal draw per hidden layer from
@@ -419,6 +424,20 @@ def rank_update(M, a, bvec, alpha):
 # ---------------------------------------------------------------- simulation
 
 
+class _ArrayItem:
+    """An int attribute kept in a shared int64 array (read by the compiled loop):
+    element ``obj._index`` of the array ``getattr(obj, name)``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else int(getattr(obj, self.name)[obj._index])
+
+    def __set__(self, obj, value):
+        getattr(obj, self.name)[obj._index] = value
+
+
 class _Source:
     """Activity of one layer (index -1 = input): rates, version, spike ring buffer.
 
@@ -431,13 +450,7 @@ class _Source:
         self.hist = np.zeros((mem, B, n), dtype) if spiking else None
         self._versions, self._index = versions, index
 
-    @property
-    def version(self):
-        return int(self._versions[self._index])
-
-    @version.setter
-    def version(self, v):
-        self._versions[self._index] = v
+    version = _ArrayItem("_versions")
 
 
 class _Pathway:
@@ -455,13 +468,7 @@ class _Pathway:
         # PSP traces sum_a d^(a+1) proj(t - a) for d = exp(-1/tau_L), exp(-1/tau_s)
         self.trace = np.zeros((2, B, n_out), dtype) if spiking else None
 
-    @property
-    def seen(self):
-        return int(self._seen[self._index])
-
-    @seen.setter
-    def seen(self, v):
-        self._seen[self._index] = v
+    seen = _ArrayItem("_seen")
 
     def reproject(self, M, trace_weights):
         """Recompute all projections after ``M`` changed (spike by spike: spikes are sparse),

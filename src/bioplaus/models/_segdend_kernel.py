@@ -307,6 +307,21 @@ def _trace_drive(trace, inv_dtau, out):
             out[i, j] = (xL[i, j] - xs[i, j]) * inv_dtau
 
 
+@njit(inline="always")
+def _dendrite(spiking, trace, inv_dtau, src_rates, M, out, seen, l, src_version):
+    """Dendritic potential ``out`` before biases: from the PSP traces (spiking source; returns
+    1), or ``src_rates @ M`` when the source's rates changed since ``seen[l]`` (returns 2;
+    else 0, ``out`` unchanged)."""
+    if spiking:
+        _trace_drive(trace, inv_dtau, out)
+        return 1
+    if seen[l] != src_version:
+        np.dot(src_rates, M, out)
+        seen[l] = src_version
+        return 2
+    return 0
+
+
 @njit(**_JIT)
 def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, consts, decay,
                 WT, b, YT, c, pend_P, pend_Q, pend_m,
@@ -384,35 +399,19 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
             Dl = drive[l]
             Bn, n = Cl.shape
             # basal / dendritic drive
-            drive_changed = False
-            if ff_spk:
-                _trace_drive(ff_trace[l], decay[4], Dl)
-                drive_changed = True
-            elif ff_seen[l] != version[l]:
-                np.dot(rates[l], WT[l], Dl)
+            how = _dendrite(ff_spk, ff_trace[l], decay[4], rates[l], WT[l], Dl, ff_seen, l, version[l])
+            drive_changed = how > 0
+            if how == 2:  # recomputed from rates: pending low-rank update, bias
                 m = pend_m[l]
                 if m > 0:
                     Dl += np.dot(np.dot(rates[l], pend_P[l][:m].T), pend_Q[l][:m])
-                bl = b[l]
-                for i in range(Bn):
-                    for j in range(n):
-                        Dl[i, j] += bl[j]
-                ff_seen[l] = version[l]
-                drive_changed = True
+                _add_row(Dl, b[l], 1.0)
             if collect_psp and not ff_spk and in_window:
                 _add_scaled(psp_ff[l], rates[l], 1.0)
             if hidden and apical:
                 Al = A[l]
                 src = fb_src[l] + 1
-                a_changed = False
-                if fb_spk:
-                    _trace_drive(fb_trace[l], decay[4], Al)
-                    a_changed = True
-                elif fb_seen[l] != version[src]:
-                    np.dot(rates[src], YT[l], Al)
-                    fb_seen[l] = version[src]
-                    a_changed = True
-                if a_changed:
+                if _dendrite(fb_spk, fb_trace[l], decay[4], rates[src], YT[l], Al, fb_seen, l, version[src]):
                     anything = True
                     if c[l].size:
                         cl = c[l]
