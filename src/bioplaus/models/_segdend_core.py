@@ -512,6 +512,7 @@ class State:
         self.p0_valid = False
         # spike uniforms per step: offset of each spiking source within a step, count
         self.phase_cache = {}  # arguments and window sums of the compiled loop, per phase kind
+        self.errors = None  # local error buffers of train_batch
         self.target = np.zeros((B, sizes[-1]), dtype)  # teaching signal of the target phase
         # per-neuron apical windows (random plateau times), hidden layers
         self.plateau_end = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
@@ -577,7 +578,7 @@ class Simulator:
         self._error_consts = np.array([cfg.k_B, cfg.k_D, cfg.lambda_max], dtype=self.dtype)
         self._no_plateau = (np.zeros((1, 1), np.int64),) * max(1, cfg.n_layers - 1)
         self._no_history = np.zeros(cfg.mem, self.dtype)
-        self._mode_cache = {}
+        self._mode_cache, self._scale_cache = {}, {}
 
     # -- helpers ---------------------------------------------------------
 
@@ -618,6 +619,12 @@ class Simulator:
         of the same kind (copy them to keep them). The step loop is compiled
         (:mod:`._segdend_kernel`).
         """
+        return dict(self._simulate(st, w, L_phase, T, target, streams, plateau_end, collect_psp, collect_A,
+                                   collect_lam)[1])
+
+    def _simulate(self, st, w, L_phase, T, target, streams, plateau_end, collect_psp, collect_A, collect_lam):
+        """:meth:`run_phase`, returning ``(sums, out)``: the window means as the compiled loop's
+        tuples (C, A, lam_out, psp_ff, psp_fb; placeholders where not collected) and as a dict."""
         cfg, dt = self.cfg, self.dtype
         mem = cfg.mem
         need_fb_psp = collect_psp and cfg.update_feedback_weights
@@ -668,16 +675,28 @@ class Simulator:
                 break
             t = t_last + 1
         st.step = step
-        return dict(out)
+        return sums, out
 
     def _update_modes(self, w, defer):
-        """Per layer, how an online update is applied (see ``_segdend_kernel.online_update``)."""
+        """Per layer, how an online update is applied (see ``_segdend_kernel.online_update``),
+        and the layers whose updates are queued."""
         key = (defer, tuple(x.size for x in w.WT))
-        modes = self._mode_cache.get(key)
-        if modes is None:
-            modes = self._mode_cache[key] = np.array(
-                [(1 if defer else 0) if x.size >= DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
-        return modes
+        cached = self._mode_cache.get(key)
+        if cached is None:
+            modes = np.array([(1 if defer else 0) if x.size >= DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
+            cached = self._mode_cache[key] = (modes, [l for l, m in enumerate(modes) if m == 1])
+        return cached
+
+    def _scales(self, f_etas):
+        """Per layer, the forward learning rate times the layer's P factor (cached)."""
+        key = tuple(f_etas)
+        scales = self._scale_cache.get(key)
+        if scales is None:
+            cfg = self.cfg
+            scales = self._scale_cache[key] = np.array(
+                [f * (cfg.P_final if l == cfg.n_layers - 1 else cfg.P_hidden) for l, f in enumerate(key)],
+                self.dtype)
+        return scales
 
     def _phase_arrays(self, st, w, switches):
         """Leading arguments of the compiled loop (switches, constants, weights, state), the
@@ -749,32 +768,31 @@ class Simulator:
             pe_t = [Lt - np.minimum(streams.plateau_offsets((B, cfg.sizes[l + 1])), Lt - T)
                     for l in range(nL - 1)]
         self.set_input(st, X)
-        fwd = self.run_phase(st, w, Lf, T, streams=streams, plateau_end=pe_f, collect_psp=True)
-        tgt = self.run_phase(st, w, Lt, T, target=targets, streams=streams, plateau_end=pe_t,
-                             collect_lam=True)
+        fsums, fwd = self._simulate(st, w, Lf, T, None, streams, pe_f, True, True, False)
+        tsums, _ = self._simulate(st, w, Lt, T, targets, streams, pe_t, False, True, True)
         f_etas = cfg.f_etas if f_etas is None else f_etas
         b_etas = cfg.b_etas if b_etas is None else b_etas
         if cfg.use_backprop or cfg.use_symmetric_weights or cfg.use_spiking_feedforward:
             w.flush()  # these read WT directly
         # errors (all from the weights the examples were simulated with)
-        E = [np.empty_like(c) for c in fwd["C"]]
-        E_inv = [np.empty_like(a) for a in fwd["A"]] if cfg.update_feedback_weights else None
-        hidden = (lambda xs: tuple(xs) if nL > 1 else (self._dummy2,))  # noqa: E731
-        loss, finite = _kernel.local_errors(
-            tuple(fwd["C"]), hidden(fwd["A"]), hidden(tgt["A"]), tgt["lam_out"], tuple(w.WT),
-            self._error_consts, cfg.use_backprop, cfg.update_feedback_weights, tuple(E),
-            hidden(E_inv) if E_inv is not None else hidden(fwd["A"]))
+        if st.errors is None:  # buffers of this state: E per layer, E_inv per hidden layer
+            st.errors = (tuple(np.zeros_like(c) for c in st.C),
+                         tuple(np.zeros_like(a) for a in st.A) or (self._dummy2,))
+        E, E_inv = st.errors
+        WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+        loss, finite = _kernel.local_errors(fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts,
+                                            cfg.use_backprop, cfg.update_feedback_weights, E, E_inv)
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates
-        scales = [f_etas[l] * (cfg.P_final if l == nL - 1 else cfg.P_hidden) for l in range(nL)]
+        scales = self._scales(f_etas)
         if B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
-            mode = self._update_modes(w, defer)
-            w.ensure_pending(mode == 1)
-            _, _, _, _, P, Q, pending_m = w.kernel_arrays()
-            _kernel.online_update(tuple(w.WT), tuple(w.b), tuple(fwd["psp_ff"]), tuple(E),
-                                  np.array(scales, dt), mode, P, Q, pending_m)
+            mode, deferred = self._update_modes(w, defer)
+            if deferred and any(w.pending[l] is None for l in deferred):
+                w.ensure_pending(mode == 1)
+                WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+            _kernel.online_update(WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
                 if mode[l] == 0:
                     rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l])
@@ -784,7 +802,9 @@ class Simulator:
             for l in range(nL):
                 w.flush(l)
                 rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
-                w.b[l] -= dt.type(scales[l]) * E[l].mean(axis=0)
+                w.b[l] -= scales[l] * E[l].mean(axis=0)
+        if not cfg.update_feedback_weights:
+            E_inv = None
         if E_inv is not None:
             for l in range(nL - 1):
                 rank_update(w.YT[l], fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)
