@@ -321,8 +321,25 @@ def evaluate(
     if n_par == 1:
         folds = [c[0](*c[1], **c[2]) for c in calls]
     else:
+        _warm_up_once(model, params, X, y, splits[0][0], input_shape, classes, epochs, options)
         folds = Parallel(n_jobs=n_par, backend="loky", max_nbytes="1M", mmap_mode="r")(calls)
     return EvaluationResult(folds=list(folds), n_classes=len(classes))
+
+
+def _warm_up_once(model, params, X, y, train_idx, input_shape, classes, epochs, options):
+    """Pay a model's one-off costs (kernels compiled and cached on disk) here, once, rather
+    than in every fold process at the same time. A failure is left to the folds, which
+    run the same configuration and record what happens."""
+    spec = get_model(model)
+    if spec.warm_up is None:
+        return
+    try:
+        est = spec.build(dict(params), input_shape=tuple(input_shape), n_classes=len(classes),
+                         epochs=int(epochs), random_state=0, options=dict(options or {}))
+        with np.errstate(all="ignore"):
+            spec.warm_up(est, X[train_idx[:2]], y[train_idx[:2]], classes)
+    except Exception:  # noqa: BLE001 - the folds record the outcome
+        pass
 
 
 def split_seed_for(study_seed: int) -> int:

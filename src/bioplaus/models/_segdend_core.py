@@ -293,12 +293,12 @@ class Weights:
         if self._kernel_arrays is None:
             dt = self.WT[0].dtype
             d2, d1 = np.zeros((1, 1), dt), np.zeros(0, dt)
-            hidden = (lambda xs, dummy: tuple(xs) if len(self.WT) > 1 else (dummy,))  # noqa: E731
+            L = len(self.WT)
             self._kernel_arrays = (
-                tuple(self.WT), tuple(self.b), hidden(self.YT, d2),
-                hidden([d1 if x is None else x for x in self.c], d1),
-                tuple(d2 if p is None else p.P for p in self.pending),
-                tuple(d2 if p is None else p.Q for p in self.pending), self.pending_m)
+                padded(self.WT, L, d2), padded(self.b, L, d1), padded(self.YT, L, d2, -1),
+                padded([d1 if x is None else x for x in self.c], L, d1, -1),
+                padded([d2 if p is None else p.P for p in self.pending], L, d2),
+                padded([d2 if p is None else p.Q for p in self.pending], L, d2), self.pending_m)
         return self._kernel_arrays
 
     def ensure_pending(self, layers):
@@ -396,6 +396,27 @@ class Weights:
     def all_finite(self):
         self.flush()
         return all(np.isfinite(x).all() for x in (*self.WT, *self.b, *self.YT, *self.c) if x is not None)
+
+
+def padded(xs, n_layers, dummy, extra=0):
+    """``xs`` as a tuple padded with ``dummy`` to :func:`padded_layers` ``+ extra`` entries
+    (``extra`` = -1 for hidden-layer tuples, +1 for source tuples)."""
+    xs = tuple(xs)
+    return xs + (dummy,) * (padded_layers(n_layers) + extra - len(xs))
+
+
+def padded_layers(n_layers):
+    """Layers of the compiled loop's tuples for a network of ``n_layers``: 2, 4 or 7 (or more).
+
+    A tuple's length is part of its compiled type: padding to a few sizes
+    bounds the number of compiled versions (each takes some 20 CPU seconds
+    once per machine), while small networks keep short tuples, which are
+    cheaper to pass (about 0.1 microsecond per array per call).
+    """
+    for size in (2, 4, _kernel.PAD_LAYERS):
+        if n_layers <= size:
+            return size
+    return n_layers
 
 
 def rank_update(M, a, bvec, alpha):
@@ -524,16 +545,15 @@ class State:
                 self.u_off[i] = self.u_per_step
                 self.u_per_step += B * sizes[i]
         d2, d3 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
-        hidden = (lambda xs, dummy: tuple(xs) if L > 1 else (dummy,))  # noqa: E731
         # the state's arrays in the order of the compiled loop's arguments
         self.kernel_arrays = (
-            tuple(src.rates for src in self.sources), self.versions,
-            tuple(d3 if src.hist is None else src.hist for src in self.sources), self.p0,
-            tuple(self.C), hidden(self.A, d2), tuple(p.drive for p in self.ff),
-            tuple(d3 if p.proj is None else p.proj for p in self.ff),
-            tuple(d3 if p.trace is None else p.trace for p in self.ff), self.ff_seen,
-            hidden([d3 if q.proj is None else q.proj for q in self.fb], d3),
-            hidden([d3 if q.trace is None else q.trace for q in self.fb], d3), self.fb_seen)
+            padded([src.rates for src in self.sources], L, d2, 1), self.versions,
+            padded([d3 if src.hist is None else src.hist for src in self.sources], L, d3, 1), self.p0,
+            padded(self.C, L, d2), padded(self.A, L, d2, -1), padded([p.drive for p in self.ff], L, d2),
+            padded([d3 if p.proj is None else p.proj for p in self.ff], L, d3),
+            padded([d3 if p.trace is None else p.trace for p in self.ff], L, d3), self.ff_seen,
+            padded([d3 if q.proj is None else q.proj for q in self.fb], L, d3, -1),
+            padded([d3 if q.trace is None else q.trace for q in self.fb], L, d3, -1), self.fb_seen)
         self._decays = np.exp(-1.0 / np.array([cfg.tau_L, cfg.tau_s]))
 
     def reproject(self, weights: Weights):
@@ -576,7 +596,7 @@ class Simulator:
         self._fb_src = np.array([cfg.feedback_source(l) for l in range(cfg.n_layers - 1)] or [0], np.int64)
         self._dummy1, self._dummy2 = np.zeros(0, self.dtype), np.zeros((1, 1), self.dtype)
         self._error_consts = np.array([cfg.k_B, cfg.k_D, cfg.lambda_max], dtype=self.dtype)
-        self._no_plateau = (np.zeros((1, 1), np.int64),) * max(1, cfg.n_layers - 1)
+        self._no_plateau = padded([], cfg.n_layers, np.zeros((1, 1), np.int64), -1)
         self._no_history = np.zeros(cfg.mem, self.dtype)
         self._mode_cache, self._scale_cache = {}, {}
 
@@ -711,9 +731,11 @@ class Simulator:
         flags = np.array([cfg.use_spiking_feedforward, cfg.use_spiking_feedback and st.apical,
                           cfg.use_conductances, cfg.use_apical_conductance, st.apical, teach, collect_A,
                           collect_lam, collect_psp, need_fb_psp, plateau, *st.spiking_src], dtype=np.int64)
-        d2, n_fb = self._dummy2, max(1, nL - 1)
-        pl = (tuple(st.plateau_start), tuple(st.plateau_end)) if plateau else (self._no_plateau,) * 2
-        head = (cfg.mem, flags, self._fb_src, self._consts, self._decay,
+        d2 = self._dummy2
+        pad_int = self._no_plateau[0]
+        pl = ((padded(st.plateau_start, nL, pad_int, -1), padded(st.plateau_end, nL, pad_int, -1)) if plateau
+              else (self._no_plateau,) * 2)
+        head = (cfg.mem, nL, flags, self._fb_src, self._consts, self._decay,
                 *ka, *st.kernel_arrays, st.target, *pl)
         if cached is not None:  # same state, new weight arrays: keep the sums
             sums, out = cached[2], cached[3]
@@ -723,8 +745,8 @@ class Simulator:
             lam_sum = np.zeros((B, sizes[-1]), dt) if collect_lam else d2
             psp_ff = [np.zeros((B, n), dt) for n in sizes[:-1]] if collect_psp else []
             psp_fb = [np.zeros((B, sizes[self._fb_src[l] + 1]), dt) for l in range(nL - 1)] if need_fb_psp else []
-            sums = (tuple(C_sum), tuple(A_sum) if A_sum else (d2,) * n_fb, lam_sum,
-                    tuple(psp_ff) if psp_ff else (d2,) * nL, tuple(psp_fb) if psp_fb else (d2,) * n_fb)
+            sums = (padded(C_sum, nL, d2), padded(A_sum, nL, d2, -1), lam_sum, padded(psp_ff, nL, d2),
+                    padded(psp_fb, nL, d2, -1))
             out = {"C": C_sum}
             if collect_A:
                 out["A"] = A_sum
@@ -776,11 +798,11 @@ class Simulator:
             w.flush()  # these read WT directly
         # errors (all from the weights the examples were simulated with)
         if st.errors is None:  # buffers of this state: E per layer, E_inv per hidden layer
-            st.errors = (tuple(np.zeros_like(c) for c in st.C),
-                         tuple(np.zeros_like(a) for a in st.A) or (self._dummy2,))
+            st.errors = (padded([np.zeros_like(c) for c in st.C], nL, self._dummy2),
+                         padded([np.zeros_like(a) for a in st.A], nL, self._dummy2, -1))
         E, E_inv = st.errors
         WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
-        loss, finite = _kernel.local_errors(fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts,
+        loss, finite = _kernel.local_errors(nL, fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts,
                                             cfg.use_backprop, cfg.update_feedback_weights, E, E_inv)
         if not finite:
             return loss, False
@@ -792,7 +814,7 @@ class Simulator:
             if deferred and any(w.pending[l] is None for l in deferred):
                 w.ensure_pending(mode == 1)
                 WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
-            _kernel.online_update(WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
+            _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
                 if mode[l] == 0:
                     rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l])

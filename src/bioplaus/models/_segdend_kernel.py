@@ -4,9 +4,11 @@ Only :mod:`bioplaus.models._segdend_core` calls this module: it holds the
 arrays and the order of random draws; here is the per-step arithmetic of
 :meth:`Simulator.run_phase`, compiled so that the step loop costs no Python
 overhead. Layers are passed as tuples of arrays (index ``l`` = layer ``l``;
-sources: index 0 = input, ``l + 1`` = layer ``l``). Tuples that may be empty
-(hidden-layer quantities of a network without hidden layer) carry one unused
-placeholder so every tuple has one element type.
+sources: index 0 = input, ``l + 1`` = layer ``l``) with the number of layers
+``nL``. Tuples are padded with unused placeholders to one of a few lengths
+(``_segdend_core.padded_layers``: one less for hidden-layer tuples, one more
+for sources), so that few compiled versions serve networks of every depth
+(a tuple's length is part of its compiled type).
 
 Numerics are those of the specification: a layer's rates are
 ``lambda_max * sigmoid(C)``; spikes are Poisson counts by inverse CDF of one
@@ -23,6 +25,9 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
+
+#: Largest padded tuple length (layers): 6 hidden layers and the output, the study's deepest network.
+PAD_LAYERS = 7
 
 # Compiled functions are cached next to this file (or in numba's user cache
 # when that is not writable): only the first process on a machine compiles.
@@ -161,7 +166,7 @@ def poisson_counts(lam, u, out):
         out[i] = _poisson(m, u[i], math.exp(-m))
 
 
-@njit(inline="always")
+@njit
 def _sample(rates, p_fixed, use_p_fixed, U, base, key, bits, S, one):
     """Spike counts ``S`` (B, n) of rates (B, n); ``one`` = 1 in their dtype.
 
@@ -201,7 +206,7 @@ def _sample(rates, p_fixed, use_p_fixed, U, base, key, bits, S, one):
                 Sb[i] = _poisson(lam, u, p)
 
 
-@njit(inline="always")
+@njit
 def _project(S, M, out, rows):
     """``out = S @ M`` for spike counts ``S`` (B, n), skipping silent sources.
 
@@ -271,7 +276,7 @@ def _kernel_sum_add(weights, stack, out):
             _add_scaled(out, stack[k], weights[k])
 
 
-@njit(inline="always")
+@njit
 def _project_traced(S, M, proj, slot, trace, decay, rows):
     """Project spikes ``S`` into ring slot ``slot`` of ``proj`` and advance the PSP traces.
 
@@ -307,7 +312,7 @@ def _trace_drive(trace, inv_dtau, out):
             out[i, j] = (xL[i, j] - xs[i, j]) * inv_dtau
 
 
-@njit(inline="always")
+@njit
 def _dendrite(spiking, trace, inv_dtau, src_rates, M, out, seen, l, src_version):
     """Dendritic potential ``out`` before biases: from the PSP traces (spiking source; returns
     1), or ``src_rates @ M`` when the source's rates changed since ``seen[l]`` (returns 2;
@@ -323,7 +328,7 @@ def _dendrite(spiking, trace, inv_dtau, src_rates, M, out, seen, l, src_version)
 
 
 @njit(**_JIT)
-def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, consts, decay,
+def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, consts, decay,
                 WT, b, YT, c, pend_P, pend_Q, pend_m,
                 rates, version, hist, p0_in, C, A, drive, ff_proj, ff_trace, ff_seen, fb_proj, fb_trace, fb_seen,
                 target, pl_start, pl_end, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
@@ -357,17 +362,16 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
         flags[5], flags[6], flags[7], flags[8], flags[9], flags[10])
     keep_h, keep_o, keep_t, gain_h, gain_A = consts[0], consts[1], consts[2], consts[3], consts[4]
     k_B, k_D, g_D, g_L, lam_max = consts[5], consts[6], consts[7], consts[8], consts[9]
-    nL = len(WT)
     n_hidden = nL - 1
     spiking_any = ff_spk or fb_spk
     rows = np.empty(C[0].shape[0], np.int64)  # scratch of _project
     one, E_E, E_I, sdt = consts[10], consts[11], consts[12], consts[13]
     if t_first == 1:  # a new phase: empty sums; history spikes enter the mean PSPs once, now
-        for x in C_sum:
-            x[...] = 0.0
+        for l in range(nL):
+            C_sum[l][...] = 0.0
         if collect_A:
-            for x in A_sum:
-                x[...] = 0.0
+            for l in range(n_hidden):
+                A_sum[l][...] = 0.0
         if collect_lam:
             lam_sum[...] = 0.0
         if collect_psp:
@@ -474,10 +478,10 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
                                 _add_scaled(psp_fb[l2], S, wv1[t - off1])
         if not anything and t > 1:
             # nothing changed in this whole step: the remaining steps repeat it exactly
-            _fast_forward(t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff,
+            _fast_forward(nL, t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff,
                           psp_fb, collect_A, collect_lam, collect_psp, need_fb_psp, plateau,
                           pl_start, pl_end)
-            _window_means(L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
+            _window_means(nL, L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
                           collect_psp and not ff_spk, need_fb_psp and not fb_spk)
             return step + L_phase - t, True
         if in_window:
@@ -498,35 +502,33 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, flags, fb_src, const
                             if ps[i, j] <= t and t <= pe[i, j]:
                                 As[i, j] += Al[i, j]
     if t_last == L_phase:
-        _window_means(L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
+        _window_means(nL, L_phase - start + 1, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam,
                       collect_psp and not ff_spk, need_fb_psp and not fb_spk)
     return step, False
 
 
-@njit(inline="always")
-def _window_means(T, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam, rate_psp_ff, rate_psp_fb):
+@njit
+def _window_means(nL, T, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, collect_lam, rate_psp_ff,
+                  rate_psp_fb):
     """Divide the window sums by the window length ``T`` (spike PSP sums are means already)."""
     inv = 1.0 / T
-    for x in C_sum:
-        _scale_add(x, inv, x, 0.0)
-    if collect_A:
-        for x in A_sum:
-            _scale_add(x, inv, x, 0.0)
+    for l in range(nL):
+        _scale_add(C_sum[l], inv, C_sum[l], 0.0)
+        if rate_psp_ff:
+            _scale_add(psp_ff[l], inv, psp_ff[l], 0.0)
+    for l in range(nL - 1):
+        if collect_A:
+            _scale_add(A_sum[l], inv, A_sum[l], 0.0)
+        if rate_psp_fb:
+            _scale_add(psp_fb[l], inv, psp_fb[l], 0.0)
     if collect_lam:
         _scale_add(lam_sum, inv, lam_sum, 0.0)
-    if rate_psp_ff:
-        for x in psp_ff:
-            _scale_add(x, inv, x, 0.0)
-    if rate_psp_fb:
-        for x in psp_fb:
-            _scale_add(x, inv, x, 0.0)
 
 
-@njit(inline="always")
-def _fast_forward(t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
+@njit
+def _fast_forward(nL, t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum, psp_ff, psp_fb,
                   collect_A, collect_lam, collect_psp, need_fb_psp, plateau, pl_start, pl_end):
     """Add the window contributions of steps ``t .. L_phase`` (all equal to step t)."""
-    nL = len(C)
     n_win = L_phase - max(t, start) + 1
     if n_win > 0:
         f = float(n_win)
@@ -556,7 +558,7 @@ def _fast_forward(t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_sum,
 
 
 @njit(**_JIT)
-def local_errors(fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_feedback, E, E_inv):
+def local_errors(nL, fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_feedback, E, E_inv):
     """Per-example local errors of every layer, from the window means of one training batch.
 
     ``fwd_C`` (per layer, (B, n_l)), ``fwd_A`` and ``tgt_A`` (per hidden
@@ -573,7 +575,6 @@ def local_errors(fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_
     loss ``|lam_out - lam_max s(C)|^2`` and whether every error is finite.
     """
     k_B, k_D, lam_max = consts[0], consts[1], consts[2]
-    nL = len(fwd_C)
     C_out, E_out = fwd_C[nL - 1], E[nL - 1]
     B, n = C_out.shape
     loss = 0.0
@@ -616,7 +617,7 @@ def local_errors(fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_
 
 
 @njit(**_JIT)
-def online_update(WT, b, psp, E, scales, mode, P, Q, pending_m):
+def online_update(nL, WT, b, psp, E, scales, mode, P, Q, pending_m):
     """Updates of one example (batch 1): ``W_l -= scales[l] * psp_l^T E_l``, ``b_l -= scales[l] * E_l``.
 
     ``mode[l]``: 1 = queue the rank-1 term in the pending ``P[l]``, ``Q[l]``
@@ -624,7 +625,7 @@ def online_update(WT, b, psp, E, scales, mode, P, Q, pending_m):
     (small matrices); 0 = leave ``WT[l]`` to the caller (large matrices,
     by BLAS). Biases are always updated here.
     """
-    for l in range(len(WT)):
+    for l in range(nL):
         s = scales[l]
         x, e, bl = psp[l][0], E[l][0], b[l]
         if mode[l] == 1:
