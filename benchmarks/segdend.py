@@ -56,7 +56,7 @@ def fashion():
 
 
 #: the parts of a training step, timed by --profile: (module, function name, label)
-PARTS = [(kernel, "phase_steps", "compiled step loop"), (core.Simulator, "run_phase", "phases (with Python)"),
+PARTS = [(kernel, "phase_steps", "compiled step loop"), (core.Simulator, "_simulate", "phases (with Python)"),
          (kernel, "local_errors", "local errors"), (kernel, "online_update", "online updates"),
          (core, "rank_update", "BLAS weight updates"), (core.State, "reproject", "reprojection after updates")]
 
