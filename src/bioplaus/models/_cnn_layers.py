@@ -5,8 +5,8 @@ Every feature map is stored channels-last, ``(n, height, width, channels)``
 one matrix product whose result *is* the next NHWC map (no transposes). The
 im2col copy is made for chunks of images whose patch matrix fits in a bounded
 buffer (:data:`PATCH_BUDGET_BYTES` by default), so a convolution's memory does
-not grow with k*k*c beyond that buffer. The functions work in the dtype of their inputs: float32 in training, float64 in
-the gradient-check tests.
+not grow with k*k*c beyond that buffer. The functions work in the dtype of
+their inputs: float32 in training, float64 in the gradient-check tests.
 
 Shapes used below: ``n`` images, ``h x w`` spatial size, ``c`` input
 channels, ``f`` output channels (filters), ``k`` kernel size, ``s`` stride,

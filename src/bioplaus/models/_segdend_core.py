@@ -302,11 +302,13 @@ class Weights:
         return self._kernel_arrays
 
     def ensure_pending(self, layers):
-        """Allocate the pending low-rank buffers of the layers flagged in ``layers``."""
-        for l, on in enumerate(layers):
-            if on and self.pending[l] is None:
+        """Allocate the pending low-rank buffers of ``layers`` (indices); True if any was new."""
+        new = False
+        for l in layers:
+            if self.pending[l] is None:
                 self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
-                self._kernel_arrays = None
+                self._kernel_arrays, new = None, True
+        return new
 
     def flush(self, layer=None):
         """Apply pending updates (of one layer, or all)."""
@@ -477,12 +479,13 @@ class _Source:
 class _Pathway:
     """Dendritic drive ``PSP @ M`` of one compartment (``M`` = ``WT[l]`` or ``YT[l]``).
 
-    ``lag`` is 0 when the source updates earlier in the same step (feedforward)
-    and 1 when it updates later (feedback): the PSP then ends one step back.
+    A feedforward source spikes earlier in the same step than the layer reads
+    its drive; a feedback source later, so a feedback PSP ends one step back
+    (the order of the compiled loop gives both).
     """
 
-    def __init__(self, source, lag, spiking, B, n_out, mem, dtype, seen, index):
-        self.source, self.lag, self.spiking = source, lag, spiking
+    def __init__(self, source, spiking, B, n_out, mem, dtype, seen, index):
+        self.source, self.spiking = source, spiking
         self._seen, self._index = seen, index  # source version the drive was computed from
         self.drive = np.zeros((B, n_out), dtype)
         self.proj = np.zeros((mem, B, n_out), dtype) if spiking else None  # ring of S(t) @ M
@@ -523,21 +526,21 @@ class State:
         self.sources = [_Source(B, sizes[i], mem, spiking_src[i], dtype, self.versions, i) for i in range(L + 1)]
         self.C = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L)]
         self.A = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L - 1)]
-        self.ff = [_Pathway(self.sources[l], 0, cfg.use_spiking_feedforward, B, sizes[l + 1], mem, dtype,
+        self.ff = [_Pathway(self.sources[l], cfg.use_spiking_feedforward, B, sizes[l + 1], mem, dtype,
                             self.ff_seen, l) for l in range(L)]
-        self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], 1, cfg.use_spiking_feedback and apical, B,
+        self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], cfg.use_spiking_feedback and apical, B,
                             sizes[l + 1], mem, dtype, self.fb_seen, l) for l in range(L - 1)]
         self.step = 0  # global step counter; slot of step g is g % mem
         # the input's exp(-rate), valid while the input is fixed (spiking feedforward)
         self.p0 = np.zeros((B, sizes[0]), dtype)
         self.p0_valid = False
-        # spike uniforms per step: offset of each spiking source within a step, count
         self.phase_cache = {}  # arguments and window sums of the compiled loop, per phase kind
         self.errors = None  # local error buffers of train_batch
         self.target = np.zeros((B, sizes[-1]), dtype)  # teaching signal of the target phase
         # per-neuron apical windows (random plateau times), hidden layers
         self.plateau_end = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
         self.plateau_start = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
+        # spike uniforms per step: offset of each spiking source within a step, count
         self.u_off = np.zeros(L + 1, np.int64)
         self.u_per_step = 0
         for i, on in enumerate(spiking_src):
@@ -811,8 +814,7 @@ class Simulator:
         if B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
             mode, deferred = self._update_modes(w, defer)
-            if deferred and any(w.pending[l] is None for l in deferred):
-                w.ensure_pending(mode == 1)
+            if w.ensure_pending(deferred):
                 WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
             _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
@@ -825,9 +827,7 @@ class Simulator:
                 w.flush(l)
                 rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
                 w.b[l] -= scales[l] * E[l].mean(axis=0)
-        if not cfg.update_feedback_weights:
-            E_inv = None
-        if E_inv is not None:
+        if cfg.update_feedback_weights:
             for l in range(nL - 1):
                 rank_update(w.YT[l], fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)
                 if w.c[l] is not None:

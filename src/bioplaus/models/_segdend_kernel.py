@@ -66,7 +66,8 @@ def _exp_float32(x):
     k = _float32_as_int32(t) - _float32_as_int32(_ROUND)
     kf = t - _ROUND
     r = x - kf * _LN2_HI - kf * _LN2_LO
-    p = np.float32(1.9875691500e-4)  # Taylor-like minimax coefficients of (exp(r) - 1 - r) / r^2
+    # (exp(r) - 1 - r) / r^2 by a degree-5 polynomial; coefficients of Cephes' expf (S. Moshier)
+    p = np.float32(1.9875691500e-4)
     p = p * r + np.float32(1.3981999507e-3)
     p = p * r + np.float32(8.3334519073e-3)
     p = p * r + np.float32(4.1665795894e-2)
@@ -124,7 +125,7 @@ def _uniform_like_impl(proto, key, i, bits):
             z = _splitmix(key, np.uint64(i))
             if bits == 24:  # exact in float32; via int32, which AVX2 converts in vectors
                 return np.float32(np.int32(z >> np.uint64(40))) * np.float32(5.9604644775390625e-08)
-            return np.float32(np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16)
+            return np.float32(_uniform(key, i, bits))
         return impl32
     return lambda proto, key, i, bits: _uniform(key, i, bits)
 
@@ -252,11 +253,20 @@ def _add_scaled(out, x, a):
 
 @njit(inline="always")
 def _scale_add(out, a, x, g):
-    """``out = a * out + g * x`` for 2-D arrays of one shape (``out`` may be ``x``)."""
+    """``out = a * out + g * x`` for 2-D arrays of one shape."""
     B, n = out.shape
     for i in range(B):
         for j in range(n):
             out[i, j] = a * out[i, j] + g * x[i, j]
+
+
+@njit(inline="always")
+def _scale(out, a):
+    """``out *= a`` for a 2-D array."""
+    B, n = out.shape
+    for i in range(B):
+        for j in range(n):
+            out[i, j] *= a
 
 
 @njit(inline="always")
@@ -417,11 +427,8 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
                 src = fb_src[l] + 1
                 if _dendrite(fb_spk, fb_trace[l], decay[4], rates[src], YT[l], Al, fb_seen, l, version[src]):
                     anything = True
-                    if c[l].size:
-                        cl = c[l]
-                        for i in range(Bn):
-                            for j in range(n):
-                                Al[i, j] += cl[j]
+                    if c[l].size:  # feedback bias
+                        _add_row(Al, c[l], 1.0)
                 if need_fb_psp and in_window and not fb_spk:
                     _add_scaled(psp_fb[l], rates[src], 1.0)
             # soma
@@ -513,16 +520,16 @@ def _window_means(nL, T, C_sum, A_sum, lam_sum, psp_ff, psp_fb, collect_A, colle
     """Divide the window sums by the window length ``T`` (spike PSP sums are means already)."""
     inv = 1.0 / T
     for l in range(nL):
-        _scale_add(C_sum[l], inv, C_sum[l], 0.0)
+        _scale(C_sum[l], inv)
         if rate_psp_ff:
-            _scale_add(psp_ff[l], inv, psp_ff[l], 0.0)
+            _scale(psp_ff[l], inv)
     for l in range(nL - 1):
         if collect_A:
-            _scale_add(A_sum[l], inv, A_sum[l], 0.0)
+            _scale(A_sum[l], inv)
         if rate_psp_fb:
-            _scale_add(psp_fb[l], inv, psp_fb[l], 0.0)
+            _scale(psp_fb[l], inv)
     if collect_lam:
-        _scale_add(lam_sum, inv, lam_sum, 0.0)
+        _scale(lam_sum, inv)
 
 
 @njit

@@ -493,6 +493,7 @@ DEFAULT_PARAMS = {
     "num_layers": 1, "h_l_1": 500, **{f"h_l_{i}": 100 for i in range(2, MAX_LAYERS + 1)},
 }
 
+
 def warm_up(estimator, X, y, classes):
     """Compile the simulator's kernels for this configuration (network depth, dtype) on a
     throw-away copy: compiled code is cached on disk, so this takes about a second once
