@@ -114,7 +114,7 @@ def breakdown(repeats):
     28x28, default architecture), one thread: where the time goes."""
     from threadpoolctl import threadpool_limits
 
-    from bioplaus.models import _cnn_layers as L
+    from bioplaus.models.cnn import _layers as L
 
     def ms(fn):
         fn()

@@ -30,8 +30,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bioplaus.datasets import load_dataset
-from bioplaus.models import _segdend_core as core
-from bioplaus.models import _segdend_kernel as kernel
+from bioplaus.models.segdend import simulator
+from bioplaus.models.segdend.simulator import Simulator
+from bioplaus.models.segdend.state import State
+from bioplaus.models.segdend import _kernel as kernel
 from bioplaus.models.segdend import SegregatedDendriteClassifier
 
 TARGET_TRAIN_MS = {("non-spiking", 1): 0.2, ("non-spiking", 100): 0.03, ("spiking", 1): 4.0, ("spiking", 100): 1.0}
@@ -56,9 +58,9 @@ def fashion():
 
 
 #: the parts of a training step, timed by --profile: (module, function name, label)
-PARTS = [(kernel, "phase_steps", "compiled step loop"), (core.Simulator, "_simulate", "phases (with Python)"),
+PARTS = [(kernel, "phase_steps", "compiled step loop"), (Simulator, "_simulate", "phases (with Python)"),
          (kernel, "local_errors", "local errors"), (kernel, "online_update", "online updates"),
-         (core, "rank_update", "BLAS weight updates"), (core.State, "reproject", "reprojection after updates")]
+         (simulator, "rank_update", "BLAS weight updates"), (State, "reproject", "reprojection after updates")]
 
 
 def _timed(func, totals, label):

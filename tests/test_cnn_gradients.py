@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from bioplaus.models import _cnn_layers as L
-from bioplaus.models._cnn_network import BN_EPS, ConvNet, feature_map_shapes
+from bioplaus.models.cnn import _layers as L
+from bioplaus.models.cnn._network import BN_EPS, ConvNet, feature_map_shapes
 
 RTOL = 1e-6
 

@@ -12,7 +12,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import SegregatedDendriteClassifier, get_model
-from bioplaus.models import _segdend_core as core
+from bioplaus.models.segdend.config import Config
+from bioplaus.models.segdend.simulator import RandomStreams, Simulator, poisson_from_uniform, psp_kernel, sigmoid
+from bioplaus.models.segdend import state as segdend_state
+from bioplaus.models.segdend.state import State, Weights, weight_optimization_stats
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +59,8 @@ def test_float64_selectable_and_close_to_float32(digits):
 @pytest.mark.parametrize("batch_size, deferred", [(1, False), (4, False), (1, True)])
 def test_chunked_partial_fit_equals_one_call(digits, batch_size, deferred, monkeypatch):
     if deferred:  # online updates kept pending across partial_fit calls
-        monkeypatch.setattr(core, "DEFER_MIN_SIZE", 1)
-        monkeypatch.setattr(core, "DEFER_RANK", 5)
+        monkeypatch.setattr(segdend_state, "DEFER_MIN_SIZE", 1)
+        monkeypatch.setattr(segdend_state, "DEFER_RANK", 5)
     X, y = digits
     X, y = X[:96], y[:96]
     kw = dict(hidden_layer_sizes=(16,), batch_size=batch_size, random_state=0, use_conductances=True,
@@ -196,16 +199,16 @@ def test_settle_rule_always_valid():
 
 
 def test_psp_kernel_values_and_spike_filtering():
-    k = core.psp_kernel(10, 3.0, 10.0)
+    k = psp_kernel(10, 3.0, 10.0)
     expected = [(math.exp(-u / 10) - math.exp(-u / 3)) / 7 for u in range(1, 11)]
     np.testing.assert_allclose(k, expected, rtol=1e-12)
     assert np.argmax(k) == 4 and np.all(k > 0)  # rises then decays; peak at u = ln(tau_L/tau_s)...~5
     # a single input spike at step 1 drives the dendrite with W * kappa(age + 1) afterwards
-    cfg = core.Config(sizes=(3, 2), f_etas=(0.1,), b_etas=(), mem=10, use_spiking_feedforward=True,
+    cfg = Config(sizes=(3, 2), f_etas=(0.1,), b_etas=(), mem=10, use_spiking_feedforward=True,
                       use_conductances=True, l_f_phase_test=12, integration_time_test=1)
-    sim = core.Simulator(cfg, np.float64)
-    w = core.Weights([np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])], [np.zeros(2)], [], [], [])
-    st = core.State(cfg, 1, np.float64)
+    sim = Simulator(cfg, np.float64)
+    w = Weights([np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])], [np.zeros(2)], [], [], [])
+    st = State(cfg, 1, np.float64)
 
     class OneSpike:  # uniforms that make input 0 spike once at step 1 and never again
         def __init__(self):
@@ -231,19 +234,19 @@ def test_psp_kernel_values_and_spike_filtering():
 def test_poisson_from_uniform_is_poisson():
     rng = np.random.default_rng(0)
     lam = np.full(200_000, 0.4)
-    counts = core.poisson_from_uniform(lam, rng.random(lam.size))
+    counts = poisson_from_uniform(lam, rng.random(lam.size))
     assert abs(counts.mean() - 0.4) < 0.01 and abs(counts.var() - 0.4) < 0.01
     assert (counts >= 3).any()
-    assert core.poisson_from_uniform(np.array([-1.0, 0.0]), np.array([0.99, 0.99])).sum() == 0
+    assert poisson_from_uniform(np.array([-1.0, 0.0]), np.array([0.99, 0.99])).sum() == 0
 
 
 def test_weight_optimisation_statistics():
     lam_max, N = 0.2, 784
-    W_avg, W_sd = core.weight_optimization_stats(N, lam_max)
+    W_avg, W_sd = weight_optimization_stats(N, lam_max)
     nu, V_avg, b_avg = lam_max / 4, 3.0, 0.8
     assert W_avg == pytest.approx((V_avg - b_avg) / (nu * N * V_avg))
-    cfg = core.Config(sizes=(N, 500, 10), f_etas=(0.1, 0.1), b_etas=(0.0,))
-    w = core.Weights.initial(cfg, np.random.default_rng(0), np.float64)
+    cfg = Config(sizes=(N, 500, 10), f_etas=(0.1, 0.1), b_etas=(0.0,))
+    w = Weights.initial(cfg, np.random.default_rng(0), np.float64)
     W = w.WT[0].T
     assert abs(W.mean() - W_avg) < 4 * W_sd / math.sqrt(W.size)
     assert W.std() == pytest.approx(W_sd, rel=0.01)
@@ -251,10 +254,10 @@ def test_weight_optimisation_statistics():
     # the design target: with inputs at the sigmoid's linear slope (x = nu * V_avg), potentials average V_avg
     V = W @ np.full(N, nu * V_avg) + w.b[0]
     assert V.mean() == pytest.approx(V_avg, rel=0.05)
-    Y_avg, Y_sd = core.weight_optimization_stats(500, lam_max)
+    Y_avg, Y_sd = weight_optimization_stats(500, lam_max)
     assert abs(w.YT[0].mean() - Y_avg) < 4 * Y_sd / math.sqrt(w.YT[0].size)
     assert w.YT[0].std() == pytest.approx(Y_sd, rel=0.05)
-    plain = core.Weights.initial(core.Config(sizes=(N, 500, 10), f_etas=(0.1, 0.1), b_etas=(0.0,),
+    plain = Weights.initial(Config(sizes=(N, 500, 10), f_etas=(0.1, 0.1), b_etas=(0.0,),
                                              use_weight_optimization=False), np.random.default_rng(0))
     assert np.abs(plain.WT[0]).max() <= 0.05 and plain.WT[0].std() == pytest.approx(0.1 / math.sqrt(12), rel=0.01)
 
@@ -274,9 +277,9 @@ def test_sparse_feedback_mask_kept_after_updates(digits):
     # survivors are 5x the dense initial values: compare freshly initialised weights
     cfg = sparse._make_config(64, 10)
     ss = np.random.SeedSequence(np.random.RandomState(0).randint(np.iinfo(np.int32).max)).spawn(4)[0]
-    w_sparse = core.Weights.initial(cfg, np.random.default_rng(ss))
+    w_sparse = Weights.initial(cfg, np.random.default_rng(ss))
     cfg_dense = dense._make_config(64, 10)
-    w_dense = core.Weights.initial(cfg_dense, np.random.default_rng(ss))
+    w_dense = Weights.initial(cfg_dense, np.random.default_rng(ss))
     for l in range(2):
         m = w_sparse.masks[l] != 0
         np.testing.assert_allclose(w_sparse.YT[l][m], 5 * w_dense.YT[l][m], rtol=1e-6)
@@ -310,10 +313,10 @@ def test_symmetric_feedback_transposes_and_broadcast_products(digits):
 
 
 def test_output_teaching_conductances():
-    cfg = core.Config(sizes=(4, 3), f_etas=(0.1,), b_etas=(), l_t_phase=1, integration_time=1)
-    sim = core.Simulator(cfg, np.float64)
-    w = core.Weights.initial(cfg, np.random.default_rng(0), np.float64)
-    st = core.State(cfg, 2, np.float64)
+    cfg = Config(sizes=(4, 3), f_etas=(0.1,), b_etas=(), l_t_phase=1, integration_time=1)
+    sim = Simulator(cfg, np.float64)
+    w = Weights.initial(cfg, np.random.default_rng(0), np.float64)
+    st = State(cfg, 2, np.float64)
     X = np.array([[0.5, 1.0, 0.0, 0.2], [0.1, 0.0, 0.9, 0.3]])
     t = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     sim.set_input(st, X)
@@ -323,9 +326,9 @@ def test_output_teaching_conductances():
     expected = (g_D * Bv + t * 8.0 + (1 - t) * -8.0) / (g_L + g_D + 1.0)
     np.testing.assert_allclose(res["C"][0], expected, rtol=1e-12)
     # with conductances the soma relaxes to the same fixed point; the correct unit toward E_E
-    cfg_c = core.Config(sizes=(4, 3), f_etas=(0.1,), b_etas=(), l_t_phase=400, integration_time=1,
+    cfg_c = Config(sizes=(4, 3), f_etas=(0.1,), b_etas=(), l_t_phase=400, integration_time=1,
                         use_conductances=True, dt=0.5)
-    sim_c, st_c = core.Simulator(cfg_c, np.float64), core.State(cfg_c, 2, np.float64)
+    sim_c, st_c = Simulator(cfg_c, np.float64), State(cfg_c, 2, np.float64)
     sim_c.set_input(st_c, X)
     res_c = sim_c.run_phase(st_c, w, 400, 1, target=t, streams=None, collect_A=False)
     np.testing.assert_allclose(res_c["C"][0], expected, rtol=1e-9)
@@ -341,20 +344,20 @@ def _local_losses(cfg, w, sim, x, tgt, fwd_state):
     fwd = sim.run_phase(st, w, cfg.l_f_phase, cfg.integration_time, collect_psp=True)
     tg = sim.run_phase(st, w, cfg.l_t_phase, cfg.integration_time, target=tgt, collect_lam=True)
     lam = cfg.lambda_max
-    out = np.sum((tg["lam_out"] - lam * core.sigmoid(fwd["C"][-1])) ** 2)
+    out = np.sum((tg["lam_out"] - lam * sigmoid(fwd["C"][-1])) ** 2)
     return out, fwd, tg
 
 
 def test_each_update_lowers_its_local_loss():
     import copy
 
-    cfg = core.Config(sizes=(64, 20, 10), f_etas=(0.002, 0.002), b_etas=(0.05,), update_feedback_weights=True,
+    cfg = Config(sizes=(64, 20, 10), f_etas=(0.002, 0.002), b_etas=(0.05,), update_feedback_weights=True,
                       use_feedback_bias=True)
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
-    sim = core.Simulator(cfg, np.float64)
-    w = core.Weights.initial(cfg, np.random.default_rng(0), np.float64)
-    st = core.State(cfg, 1, np.float64)
+    sim = Simulator(cfg, np.float64)
+    w = Weights.initial(cfg, np.random.default_rng(0), np.float64)
+    st = State(cfg, 1, np.float64)
     lam, k_B, k_D = cfg.lambda_max, cfg.k_B, cfg.k_D
     for i in range(20):
         x, tgt = X[i:i + 1], np.eye(10)[y[i:i + 1]]
@@ -362,22 +365,22 @@ def test_each_update_lowers_its_local_loss():
         w_before = w.copy()
         out0, fwd, tg = _local_losses(cfg, w, sim, x, tgt, before_state)
         # hidden target: lambda(C_f) + alpha_t - alpha_f; feedback target: lambda(C_f)
-        h_target = lam * core.sigmoid(fwd["C"][0]) + core.sigmoid(tg["A"][0]) - core.sigmoid(fwd["A"][0])
-        fb_target = lam * core.sigmoid(fwd["C"][0])
+        h_target = lam * sigmoid(fwd["C"][0]) + sigmoid(tg["A"][0]) - sigmoid(fwd["A"][0])
+        fb_target = lam * sigmoid(fwd["C"][0])
 
         def hidden_loss(ww):
-            return np.sum((h_target - lam * core.sigmoid(k_B * (fwd["psp_ff"][0] @ ww.WT[0] + ww.b[0]))) ** 2)
+            return np.sum((h_target - lam * sigmoid(k_B * (fwd["psp_ff"][0] @ ww.WT[0] + ww.b[0]))) ** 2)
 
         def out_loss(ww):
-            return np.sum((tg["lam_out"] - lam * core.sigmoid(k_D * (fwd["psp_ff"][1] @ ww.WT[1] + ww.b[1]))) ** 2)
+            return np.sum((tg["lam_out"] - lam * sigmoid(k_D * (fwd["psp_ff"][1] @ ww.WT[1] + ww.b[1]))) ** 2)
 
         def fb_loss(ww):
             A = fwd["psp_fb"][0] @ ww.YT[0] + ww.c[0]
-            return np.sum((fb_target - core.sigmoid(A)) ** 2)
+            return np.sum((fb_target - sigmoid(A)) ** 2)
 
         losses_before = hidden_loss(w), out_loss(w), fb_loss(w)
         assert out_loss(w) == pytest.approx(out0, rel=1e-9)  # C_f = k_D * B exactly (no conductances)
-        sim.train_batch(st, w, x, tgt, core.RandomStreams(np.random.default_rng(i), np.float64))
+        sim.train_batch(st, w, x, tgt, RandomStreams(np.random.default_rng(i), np.float64))
         losses_after = hidden_loss(w), out_loss(w), fb_loss(w)
         for name, a, b in zip(("hidden", "output", "feedback"), losses_before, losses_after):
             if a > 1e-12:
@@ -386,19 +389,19 @@ def test_each_update_lowers_its_local_loss():
 
 
 def test_batch_update_is_mean_of_per_example_updates():
-    cfg = core.Config(sizes=(64, 20, 10), f_etas=(0.2, 0.2), b_etas=(0.1,), update_feedback_weights=True,
+    cfg = Config(sizes=(64, 20, 10), f_etas=(0.2, 0.2), b_etas=(0.1,), update_feedback_weights=True,
                       use_conductances=True, l_f_phase=6, l_t_phase=5, integration_time=3)
     X, y = load_digits(return_X_y=True)
     X, T = X[:5] / 16.0, np.eye(10)[y[:5]]
-    w0 = core.Weights.initial(cfg, np.random.default_rng(0), np.float64)
-    sim = core.Simulator(cfg, np.float64)
+    w0 = Weights.initial(cfg, np.random.default_rng(0), np.float64)
+    sim = Simulator(cfg, np.float64)
     deltas = []
     for i in range(5):
         w = w0.copy()
-        sim.train_batch(core.State(cfg, 1, np.float64), w, X[i:i + 1], T[i:i + 1], None)
+        sim.train_batch(State(cfg, 1, np.float64), w, X[i:i + 1], T[i:i + 1], None)
         deltas.append([a - b for a, b in zip(w.WT + w.b + w.YT, w0.WT + w0.b + w0.YT)])
     wb = w0.copy()
-    sim.train_batch(core.State(cfg, 5, np.float64), wb, X, T, None)
+    sim.train_batch(State(cfg, 5, np.float64), wb, X, T, None)
     for j, got in enumerate(wb.WT + wb.b + wb.YT):
         start = (w0.WT + w0.b + w0.YT)[j]
         np.testing.assert_allclose(got - start, np.mean([d[j] for d in deltas], axis=0), rtol=1e-9, atol=1e-13)
@@ -406,7 +409,7 @@ def test_batch_update_is_mean_of_per_example_updates():
 
 def test_poisson_sampler_terminates_at_the_float_cdf_limit():
     """A uniform draw just below 1 exceeds the float32 CDF's limit; the sampler must still stop."""
-    from bioplaus.models._segdend_core import poisson_from_uniform
+    from bioplaus.models.segdend.simulator import poisson_from_uniform
 
     u = np.full(4, np.nextafter(np.float32(1), np.float32(0)), dtype=np.float32)
     lam = np.array([0.5, 0.27, 0.1, 1e-3], dtype=np.float32)
@@ -415,26 +418,26 @@ def test_poisson_sampler_terminates_at_the_float_cdf_limit():
 
 
 def test_spike_uniforms_are_splitmix64_and_independent_of_grouping():
-    from bioplaus.models import _segdend_kernel as kernel
+    from bioplaus.models.segdend import _kernel as kernel
 
     # SplitMix64 seeded with 0: its first outputs are published reference values
     first = [int(kernel._splitmix(np.uint64(0), np.uint64(i))) for i in range(3)]
     assert first == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F]
-    streams = core.RandomStreams(np.random.default_rng(3), np.float32)
-    twin = core.RandomStreams(np.random.default_rng(3), np.float32)
+    streams = RandomStreams(np.random.default_rng(3), np.float32)
+    twin = RandomStreams(np.random.default_rng(3), np.float32)
     block = streams.uniform((4, 6))
     pieces = np.concatenate([twin.uniform((1, 6)).ravel() for _ in range(4)])
     np.testing.assert_array_equal(block.ravel(), pieces)  # one draw of 24 = four draws of 6
-    u = core.RandomStreams(np.random.default_rng(4), np.float64).uniform(200_000)
+    u = RandomStreams(np.random.default_rng(4), np.float64).uniform(200_000)
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002 and u.min() >= 0 and u.max() < 1
-    u32 = core.RandomStreams(np.random.default_rng(4), np.float32).uniform(200_000)
+    u32 = RandomStreams(np.random.default_rng(4), np.float32).uniform(200_000)
     assert u32.dtype == np.float32 and np.all(u32 * 2**24 == np.floor(u32 * 2**24))  # 24 random bits
 
 
 def test_float32_rate_function_accurate_and_propagates_nan():
     from numba import njit
 
-    from bioplaus.models import _segdend_kernel as kernel
+    from bioplaus.models.segdend import _kernel as kernel
 
     @njit
     def rates(x, lam):
@@ -461,3 +464,19 @@ def test_warm_up_compiles_on_a_copy(digits):
                                      n_classes=10, epochs=1, random_state=0, options={})
     get_model("segdend").warm_up(est, X[:2], y[:2], np.arange(10))
     assert not hasattr(est, "classes_")  # the pipeline's estimator is still unfitted
+
+
+def test_kernel_interface_is_named_once():
+    """The packed kernel arguments are filled and read by name: every slot named once, pack checks names."""
+    from bioplaus.models.segdend import _kernel as kernel
+
+    for names in (kernel.FLAG_NAMES, kernel.CONST_NAMES, kernel.DECAY_NAMES, kernel.ERROR_CONST_NAMES):
+        assert len(set(names)) == len(names)
+    assert kernel.F_SPIKING_SRC == len(kernel.FLAG_NAMES)
+    assert [getattr(kernel, "C_" + n.upper()) for n in kernel.CONST_NAMES] == list(range(len(kernel.CONST_NAMES)))
+    packed = kernel.pack(kernel.DECAY_NAMES, {n: i for i, n in enumerate(kernel.DECAY_NAMES)}, np.float64)
+    assert packed[kernel.D_INV_DTAU] == kernel.DECAY_NAMES.index("inv_dtau")
+    with pytest.raises(KeyError, match="missing"):
+        kernel.pack(kernel.DECAY_NAMES, {"d_L": 1.0}, np.float64)
+    with pytest.raises(KeyError, match="unknown"):
+        kernel.pack(kernel.ERROR_CONST_NAMES, {"k_B": 1, "k_D": 1, "lambda_max": 1, "extra": 2}, np.float64)

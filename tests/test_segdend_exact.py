@@ -14,7 +14,10 @@ import math
 import numpy as np
 import pytest
 
-from bioplaus.models import _segdend_core as core
+from bioplaus.models.segdend.config import Config
+from bioplaus.models.segdend.simulator import RandomStreams, Simulator
+from bioplaus.models.segdend import state as segdend_state
+from bioplaus.models.segdend.state import State, Weights
 
 
 def sig(x):
@@ -36,7 +39,7 @@ def poisson_scalar(lam, u):
 class ReferenceNetwork:
     """Per-example, per-step transcription of the model specification (float64)."""
 
-    def __init__(self, cfg: core.Config, weights: core.Weights, streams: core.RandomStreams):
+    def __init__(self, cfg: Config, weights: Weights, streams: RandomStreams):
         self.cfg, self.rs = cfg, streams
         self.W = [w.T.astype(np.float64).copy() for w in weights.WT]  # (n_l, n_{l-1})
         self.b = [x.astype(np.float64).copy() for x in weights.b]
@@ -291,16 +294,16 @@ SPIKE_CASES = {
 
 def _compare(cfg_kwargs, n_examples, seed=0):
     kw = {**BASE, **cfg_kwargs}
-    cfg = core.Config(**kw)
+    cfg = Config(**kw)
     n_in, n_out = cfg.sizes[0], cfg.sizes[-1]
     n_classes = n_out // cfg.units_per_class
     X, y = _data(n_examples, n_in, n_classes, seed)
     targets = np.repeat(np.eye(n_classes)[y], cfg.units_per_class, axis=1)
-    w = core.Weights.initial(cfg, np.random.default_rng(seed + 1), np.float64)
-    ref = ReferenceNetwork(cfg, w, core.RandomStreams(np.random.default_rng(seed + 2), np.float64))
-    sim = core.Simulator(cfg, np.float64)
-    st = core.State(cfg, 1, np.float64)
-    streams = core.RandomStreams(np.random.default_rng(seed + 2), np.float64)
+    w = Weights.initial(cfg, np.random.default_rng(seed + 1), np.float64)
+    ref = ReferenceNetwork(cfg, w, RandomStreams(np.random.default_rng(seed + 2), np.float64))
+    sim = Simulator(cfg, np.float64)
+    st = State(cfg, 1, np.float64)
+    streams = RandomStreams(np.random.default_rng(seed + 2), np.float64)
     for i in range(n_examples):
         sim.train_batch(st, w, X[i:i + 1], targets[i:i + 1], streams)
         ref.train_example(X[i], targets[i])
@@ -313,22 +316,22 @@ def _compare(cfg_kwargs, n_examples, seed=0):
         if cfg.use_feedback_bias:
             np.testing.assert_allclose(w.c[l], ref.c[l], rtol=1e-9, atol=1e-11)
     # the weights moved: the comparison is not vacuous
-    assert not np.allclose(w.WT[-1].T, core.Weights.initial(cfg, np.random.default_rng(seed + 1),
+    assert not np.allclose(w.WT[-1].T, Weights.initial(cfg, np.random.default_rng(seed + 1),
                                                             np.float64).WT[-1].T)
     # test phase: scores of a few examples, same test streams
     Xt = X[:5]
-    test_streams = core.RandomStreams(np.random.default_rng(99), np.float64)
-    ref.rs = core.RandomStreams(np.random.default_rng(99), np.float64)
+    test_streams = RandomStreams(np.random.default_rng(99), np.float64)
+    ref.rs = RandomStreams(np.random.default_rng(99), np.float64)
     ref_scores = np.array([ref.test_scores(x) for x in Xt])
     if not (cfg.use_spiking_feedforward):
         scores = sim.output_scores(w, Xt, test_streams)
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-9, atol=1e-11)
     else:  # spikes: examples side by side draw their uniforms jointly; compare one at a time
-        scores = np.vstack([sim.output_scores(w, Xt[i:i + 1], core.RandomStreams(np.random.default_rng(7)))
+        scores = np.vstack([sim.output_scores(w, Xt[i:i + 1], RandomStreams(np.random.default_rng(7)))
                             for i in range(len(Xt))])
         ref_one = []
         for i in range(len(Xt)):
-            ref.rs = core.RandomStreams(np.random.default_rng(7))
+            ref.rs = RandomStreams(np.random.default_rng(7))
             ref_one.append(ref.test_scores(Xt[i]))
         np.testing.assert_allclose(scores, np.array(ref_one), rtol=1e-9, atol=1e-11)
 
@@ -346,6 +349,6 @@ def test_spiking_mode_matches_reference_with_shared_draws(case):
 @pytest.mark.parametrize("case", ["default", "feedback_learning_bias", "no_broadcast_2h", "rand_phases_plateaus"])
 def test_deferred_low_rank_updates_match_reference(case, monkeypatch):
     """Online updates kept as a pending low-rank sum (big matrices) change nothing but round-off."""
-    monkeypatch.setattr(core, "DEFER_MIN_SIZE", 1)
-    monkeypatch.setattr(core, "DEFER_RANK", 7)
+    monkeypatch.setattr(segdend_state, "DEFER_MIN_SIZE", 1)
+    monkeypatch.setattr(segdend_state, "DEFER_RANK", 7)
     _compare(RATE_CASES[case], n_examples=300)

@@ -10,34 +10,33 @@ from __future__ import annotations
 from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.neural_network import MLPClassifier
 
+from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes
 from bioplaus.models.registry import ModelSpec
-
-MAX_LAYERS = 6
-
-
-def hidden_sizes(params) -> tuple[int, ...]:
-    """Units of the first ``num_layers`` hidden layers, from ``h_l_1`` .. ``h_l_6``."""
-    return tuple(int(params[f"h_l_{i}"]) for i in range(1, int(params["num_layers"]) + 1))
 
 
 def search_space(options=None):
     space = {
         "batch_size": IntDistribution(10, 500),
         "learning_rate": FloatDistribution(1e-4, 0.05, log=True),
-        "num_layers": IntDistribution(1, MAX_LAYERS),
     }
-    for i in range(1, MAX_LAYERS + 1):
-        space[f"h_l_{i}"] = IntDistribution(30, 500)
+    space.update(hidden_layer_space())
     return space
 
 
+#: ``model_options.mlp``: fixed settings (JSON-schema fragments; see ModelSpec.options).
+OPTIONS = {
+    "alpha": {"type": "number", "minimum": 0, "default": 0.0,
+              "description": "L2 penalty (0: no weight decay, as the reference's PyTorch model)"},
+}
+
+
 def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
-    options = dict(options or {})
+    options = SPEC.resolve_options(options)
     return MLPClassifier(
         hidden_layer_sizes=hidden_sizes(params),
         activation="relu",
         solver="adam",
-        alpha=float(options.get("alpha", 0.0)),
+        alpha=float(options["alpha"]),
         batch_size=int(params["batch_size"]),
         learning_rate_init=float(params["learning_rate"]),
         max_iter=int(epochs),
@@ -52,7 +51,7 @@ DEFAULT_PARAMS = {
     "batch_size": 100,
     "learning_rate": 1e-3,
     "num_layers": 2,
-    **{f"h_l_{i}": 500 if i <= 2 else 100 for i in range(1, MAX_LAYERS + 1)},
+    **default_widths(500, 2, 100),
 }
 
 SPEC = ModelSpec(
@@ -62,4 +61,6 @@ SPEC = ModelSpec(
     search_space=search_space,
     default_params=DEFAULT_PARAMS,
     description="scikit-learn MLPClassifier: ReLU, Adam, cross-entropy",
+    options=OPTIONS,
+    backprop=True,
 )

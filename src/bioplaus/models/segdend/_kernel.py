@@ -1,12 +1,12 @@
 """Compiled time-step loop of the segregated-dendrite simulator (numba).
 
-Only :mod:`bioplaus.models._segdend_core` calls this module: it holds the
+Only the simulator (:mod:`.simulator`, :mod:`.state`) calls this module: it holds the
 arrays and the order of random draws; here is the per-step arithmetic of
 :meth:`Simulator.run_phase`, compiled so that the step loop costs no Python
 overhead. Layers are passed as tuples of arrays (index ``l`` = layer ``l``;
 sources: index 0 = input, ``l + 1`` = layer ``l``) with the number of layers
 ``nL``. Tuples are padded with unused placeholders to one of a few lengths
-(``_segdend_core.padded_layers``: one less for hidden-layer tuples, one more
+(``state.padded_layers``: one less for hidden-layer tuples, one more
 for sources), so that few compiled versions serve networks of every depth
 (a tuple's length is part of its compiled type).
 
@@ -28,6 +28,41 @@ from numba.extending import intrinsic, overload
 
 #: Largest padded tuple length (layers): 6 hidden layers and the output, the study's deepest network.
 PAD_LAYERS = 7
+
+# ---------------------------------------------------------------- interface
+# The simulator hands the compiled loop its switches, constants and PSP decays
+# as three small packed arrays. Their slots are named here, once; the
+# simulator fills them by name (:func:`pack`) and the loop reads them by name
+# (numba compiles module-level integers as constants).
+
+#: ``flags`` (int64): switches of one kind of phase, then one "spikes consumed" flag per source.
+FLAG_NAMES = ("spiking_ff", "spiking_fb", "conductances", "apical_conductance", "apical", "teach",
+              "collect_A", "collect_lam", "collect_psp", "need_fb_psp", "plateau")
+(F_SPIKING_FF, F_SPIKING_FB, F_CONDUCTANCES, F_APICAL_CONDUCTANCE, F_APICAL, F_TEACH, F_COLLECT_A,
+ F_COLLECT_LAM, F_COLLECT_PSP, F_NEED_FB_PSP, F_PLATEAU) = range(len(FLAG_NAMES))
+#: ``flags[F_SPIKING_SRC + i]``: spikes of source ``i`` (0 = input, ``l + 1`` = layer ``l``) are consumed.
+F_SPIKING_SRC = len(FLAG_NAMES)
+#: ``consts``: per-step leak factors and gains of the compartments, the rate scale, reversal potentials.
+CONST_NAMES = ("keep_h", "keep_o", "keep_t", "gain_h", "gain_A", "k_B", "k_D", "g_D", "g_L", "lambda_max",
+               "one", "E_E", "E_I", "dt")
+(C_KEEP_H, C_KEEP_O, C_KEEP_T, C_GAIN_H, C_GAIN_A, C_K_B, C_K_D, C_G_D, C_G_L, C_LAMBDA_MAX, C_ONE, C_E_E,
+ C_E_I, C_DT) = range(len(CONST_NAMES))
+#: ``decay``: one-step decays of the two PSP traces, the same after ``mem + 1`` steps, ``1 / (tau_L - tau_s)``.
+DECAY_NAMES = ("d_L", "d_L_mem", "d_s", "d_s_mem", "inv_dtau")
+D_L, D_L_MEM, D_S, D_S_MEM, D_INV_DTAU = range(len(DECAY_NAMES))
+#: ``consts`` of :func:`local_errors`.
+ERROR_CONST_NAMES = ("k_B", "k_D", "lambda_max")
+E_K_B, E_K_D, E_LAMBDA_MAX = range(len(ERROR_CONST_NAMES))
+
+
+def pack(names, values, dtype, extra=()):
+    """The packed array ``[values[n] for n in names] + list(extra)`` of ``dtype``; every name required."""
+    missing = [n for n in names if n not in values]
+    unknown = [n for n in values if n not in names]
+    if missing or unknown:
+        raise KeyError(f"kernel arguments: missing {missing}, unknown {unknown}")
+    return np.array([values[n] for n in names] + list(extra), dtype=dtype)
+
 
 # Compiled functions are cached next to this file (or in numba's user cache
 # when that is not writable): only the first process on a machine compiles.
@@ -298,7 +333,7 @@ def _project_traced(S, M, proj, slot, trace, decay, rows):
     ``mem`` steps no longer count). ``decay``: d_L, d_L^(mem+1), d_s,
     d_s^(mem+1), 1 / (tau_L - tau_s).
     """
-    dL, dLm, ds, dsm = decay[0], decay[1], decay[2], decay[3]
+    dL, dLm, ds, dsm = decay[D_L], decay[D_L_MEM], decay[D_S], decay[D_S_MEM]
     old, xL, xs = proj[slot], trace[0], trace[1]
     B, n = old.shape
     for i in range(B):
@@ -346,11 +381,8 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
     """Simulate phase steps ``t_first .. t_last`` (1-based within a phase of ``L_phase`` steps).
 
     ``step``: global step counter before ``t_first`` (ring slot of step g is
-    ``g % mem``). ``flags`` (int64): spiking feedforward, spiking feedback,
-    conductances, apical conductance, apical compartments simulated, teaching
-    signal on, collect A, collect output rates, collect feedforward PSPs,
-    collect feedback PSPs, per-neuron plateau windows. ``consts``: keep_h,
-    keep_o, keep_t, gain_h, gain_A, k_B, k_D, g_D, g_L, lambda_max, 1, E_E, E_I, dt.
+    ``g % mem``). ``flags``, ``consts``, ``decay``: the packed arrays named by
+    ``FLAG_NAMES``, ``CONST_NAMES``, ``DECAY_NAMES`` (see the interface above).
     ``target`` (B, n_out): 0/1 teaching signal (conductances g_E, g_I = 1 - g_E).
     ``pl_start``, ``pl_end`` (per hidden layer, (B, n) ints): per-neuron
     apical windows when plateau times are random.
@@ -367,15 +399,17 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
     Returns ``(step, done)``; ``done`` when the phase ended early because a
     step changed nothing (its window sums then cover the rest).
     """
-    ff_spk, fb_spk, cond, apical_cond, apical = flags[0], flags[1], flags[2], flags[3], flags[4]
-    has_teach, collect_A, collect_lam, collect_psp, need_fb_psp, plateau = (
-        flags[5], flags[6], flags[7], flags[8], flags[9], flags[10])
-    keep_h, keep_o, keep_t, gain_h, gain_A = consts[0], consts[1], consts[2], consts[3], consts[4]
-    k_B, k_D, g_D, g_L, lam_max = consts[5], consts[6], consts[7], consts[8], consts[9]
+    ff_spk, fb_spk, cond = flags[F_SPIKING_FF], flags[F_SPIKING_FB], flags[F_CONDUCTANCES]
+    apical_cond, apical, has_teach = flags[F_APICAL_CONDUCTANCE], flags[F_APICAL], flags[F_TEACH]
+    collect_A, collect_lam, collect_psp = flags[F_COLLECT_A], flags[F_COLLECT_LAM], flags[F_COLLECT_PSP]
+    need_fb_psp, plateau = flags[F_NEED_FB_PSP], flags[F_PLATEAU]
+    keep_h, keep_o, keep_t = consts[C_KEEP_H], consts[C_KEEP_O], consts[C_KEEP_T]
+    gain_h, gain_A, k_B, k_D = consts[C_GAIN_H], consts[C_GAIN_A], consts[C_K_B], consts[C_K_D]
+    g_D, g_L, lam_max = consts[C_G_D], consts[C_G_L], consts[C_LAMBDA_MAX]
     n_hidden = nL - 1
     spiking_any = ff_spk or fb_spk
     rows = np.empty(C[0].shape[0], np.int64)  # scratch of _project
-    one, E_E, E_I, sdt = consts[10], consts[11], consts[12], consts[13]
+    one, E_E, E_I, sdt = consts[C_ONE], consts[C_E_E], consts[C_E_I], consts[C_DT]
     if t_first == 1:  # a new phase: empty sums; history spikes enter the mean PSPs once, now
         for l in range(nL):
             C_sum[l][...] = 0.0
@@ -413,7 +447,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
             Dl = drive[l]
             Bn, n = Cl.shape
             # basal / dendritic drive
-            how = _dendrite(ff_spk, ff_trace[l], decay[4], rates[l], WT[l], Dl, ff_seen, l, version[l])
+            how = _dendrite(ff_spk, ff_trace[l], decay[D_INV_DTAU], rates[l], WT[l], Dl, ff_seen, l, version[l])
             drive_changed = how > 0
             if how == 2:  # recomputed from rates: pending low-rank update, bias
                 m = pend_m[l]
@@ -425,7 +459,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
             if hidden and apical:
                 Al = A[l]
                 src = fb_src[l] + 1
-                if _dendrite(fb_spk, fb_trace[l], decay[4], rates[src], YT[l], Al, fb_seen, l, version[src]):
+                if _dendrite(fb_spk, fb_trace[l], decay[D_INV_DTAU], rates[src], YT[l], Al, fb_seen, l, version[src]):
                     anything = True
                     if c[l].size:  # feedback bias
                         _add_row(Al, c[l], 1.0)
@@ -470,7 +504,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
                         r[i, j] = _rate(Cl[i, j], lam_max, one)
                 version[l + 1] += 1
             # spikes of this layer, for the pathways that read them
-            if flags[11 + l + 1]:
+            if flags[F_SPIKING_SRC + l + 1]:
                 S = hist[l + 1][slot]
                 _sample(rates[l + 1], p0_in, False, U, ubase + u_off[l + 1], key, bits, S, one)
                 if ff_spk and l + 1 < nL:
@@ -581,7 +615,7 @@ def local_errors(nL, fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, upd
     ``consts``: k_B, k_D, lam_max. Returns ``(loss, finite)``: the mean output
     loss ``|lam_out - lam_max s(C)|^2`` and whether every error is finite.
     """
-    k_B, k_D, lam_max = consts[0], consts[1], consts[2]
+    k_B, k_D, lam_max = consts[E_K_B], consts[E_K_D], consts[E_LAMBDA_MAX]
     C_out, E_out = fwd_C[nL - 1], E[nL - 1]
     B, n = C_out.shape
     loss = 0.0

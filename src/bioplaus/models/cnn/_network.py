@@ -3,14 +3,14 @@
 Architecture (the reference study's): ``len(channels)`` blocks of
 convolution (no bias) -> batch norm -> ReLU -> 2x2 max pool (floor), then one
 linear layer on the flattened last feature map, softmax cross-entropy.
-Feature maps are channels-last ``(n, h, w, c)``; see :mod:`._cnn_layers`.
+Feature maps are channels-last ``(n, h, w, c)``; see :mod:`._layers`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bioplaus.models import _cnn_layers as L
+from bioplaus.models.cnn import _layers as L
 
 BN_EPS = 1e-5
 

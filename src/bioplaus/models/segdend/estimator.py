@@ -1,8 +1,8 @@
 """The segregated-dendrite network (Guerguiev, Lillicrap & Richards 2017) as an estimator.
 
-:class:`SegregatedDendriteClassifier` wraps the NumPy simulation core of
-:mod:`bioplaus.models._segdend_core` in the scikit-learn API, and ``SPEC``
-registers it in the study as ``segdend``. Hyperparameter names mirror the
+:class:`SegregatedDendriteClassifier` wraps the NumPy simulation core
+(:mod:`.simulator`, :mod:`.state`, :mod:`.config`) in the scikit-learn API;
+:mod:`.spec` registers it in the study as ``segdend``. Hyperparameter names mirror the
 paper and its reference code (``l_f_phase``, ``lambda_max``, ``g_B``,
 ``f_etas`` ...) so that the 2019 study's logs line up.
 
@@ -31,39 +31,18 @@ import contextlib
 import numbers
 
 import numpy as np
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
-from bioplaus.models import _segdend_core as core
-from bioplaus.models.registry import ModelSpec
+from bioplaus.models.segdend import simulator as core
+from bioplaus.models.segdend.config import make_config
+from bioplaus.models.segdend.state import State, Weights, slice_state, write_back
 
-__all__ = ["SegregatedDendriteClassifier", "SPEC", "search_space", "build", "settle_rule"]
-
-MAX_LAYERS = 6
-SWITCHES = (
-    "use_sparse_feedback", "use_conductances", "use_broadcast", "use_spiking_feedback",
-    "use_spiking_feedforward", "use_symmetric_weights", "noisy_symmetric_weights",
-    "update_feedback_weights", "use_apical_conductance", "use_weight_optimization", "use_feedback_bias",
-)
-#: Settle steps of a phase of length ``L``: ``min(30, L // 2)`` (30 as in the reference's long phases).
-SETTLE_MAX = 30
-
-
-def settle_rule(phase_length: int) -> int:
-    """Integration window (steps) of a phase: ``L - min(30, L // 2)``; always in ``[1, L]``.
-
-    The reference used ``integration_time = L - 30`` for its 50- and 250-step
-    phases and 1 step for its 2-step non-spiking phases; this rule gives both
-    and stays valid for every phase length of the study's space.
-    """
-    L = int(phase_length)
-    return L - min(SETTLE_MAX, L // 2)
-
+__all__ = ["SegregatedDendriteClassifier"]
 
 class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     """Segregated-dendrite network trained by its local plateau-potential rule.
@@ -155,68 +134,15 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         return np.dtype(str(self.dtype))
 
     def _make_config(self, n_in, n_classes):
-        """Validated :class:`core.Config` from the current parameters."""
-        def integer(name, value, low=1):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral | float | np.floating) \
-                    or value != int(value) or int(value) < low:
-                raise InvalidConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
-            return int(value)
-
-        def number(name, value):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-                raise InvalidConfigurationError(f"{name} must be a finite number, got {value!r}")
-            return float(value)
-
-        hidden = self.hidden_layer_sizes
-        if isinstance(hidden, numbers.Integral):
-            hidden = (hidden,)
-        hidden = tuple(integer("hidden_layer_sizes", h) for h in hidden)
-        if len(hidden) > MAX_LAYERS:
-            raise InvalidConfigurationError(f"hidden_layer_sizes: at most {MAX_LAYERS} hidden layers")
-        k = integer("units_per_class", self.units_per_class)
-        nL = len(hidden) + 1
-
-        def rates(name, value, n):
-            vals = (value,) * n if np.ndim(value) == 0 else tuple(value)
-            if len(vals) != n:
-                raise InvalidConfigurationError(f"{name} needs 1 or {n} values, got {len(vals)}")
-            return tuple(number(name, v) for v in vals)
-
-        dt = number("dt", self.dt)
-        l_f = integer("l_f_phase", self.l_f_phase)
-        l_t = integer("l_t_phase", self.l_t_phase)
-        l_test = integer("l_f_phase_test", self.l_f_phase_test)
-        T = settle_rule(min(l_f, l_t)) if self.integration_time is None else \
-            integer("integration_time", self.integration_time)
-        T_test = settle_rule(l_test) if self.integration_time_test is None else \
-            integer("integration_time_test", self.integration_time_test)
-        if not dt > 0:
-            raise InvalidConfigurationError(f"dt must be positive, got {dt}")
-        mem = max(1, int(round(10.0 / dt))) if self.mem is None else integer("mem", self.mem)
-        for name in (*SWITCHES, "use_rand_phase_lengths", "use_rand_plateau_times", "use_backprop"):
-            if not isinstance(getattr(self, name), bool | np.bool_):
-                raise InvalidConfigurationError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        cfg = core.Config(
-            sizes=(int(n_in), *hidden, k * int(n_classes)), units_per_class=k, dt=dt,
-            l_f_phase=l_f, l_t_phase=l_t, l_f_phase_test=l_test, integration_time=T,
-            integration_time_test=T_test, mem=mem,
-            **{n: number(n, getattr(self, n)) for n in ("lambda_max", "tau_s", "tau_L", "g_B", "g_A",
-                                                        "E_E", "E_I")},
-            f_etas=rates("f_etas", self.f_etas, nL), b_etas=rates("b_etas", self.b_etas, nL - 1),
-            **{n: bool(getattr(self, n)) for n in (*SWITCHES, "use_rand_phase_lengths",
-                                                   "use_rand_plateau_times", "use_backprop")},
-        )
-        core.validate(cfg)
-        integer("batch_size", self.batch_size)
-        integer("test_batch_size", self.test_batch_size)
-        return cfg
+        """Validated :class:`~.config.Config` from the current parameters."""
+        return make_config(self.get_params(deep=False), n_in, n_classes)
 
     # ------------------------------------------------------------ fitting
 
     def _initialize(self, cfg, dtype):
         seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
         init_ss, train_ss, shuffle_ss, test_ss = np.random.SeedSequence(seed).spawn(4)
-        self._weights = core.Weights.initial(cfg, np.random.default_rng(init_ss), dtype)
+        self._weights = Weights.initial(cfg, np.random.default_rng(init_ss), dtype)
         self._streams = core.RandomStreams(np.random.default_rng(train_ss), dtype)
         self._shuffle_rng = np.random.default_rng(shuffle_ss)
         self._test_seed = test_ss
@@ -258,15 +184,15 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         """One mini-batch (a final partial one on the first rows of the batch state)."""
         nb = xb.shape[0]
         if self._state is None or self._state_key != key:
-            self._state = core.State(cfg, B, dtype)
+            self._state = State(cfg, B, dtype)
             self._state.reproject(self._weights)
             self._state_key = key
         st = self._state
         if nb < B:  # a final partial batch runs on the first nb slots of the state
-            st = _slice_state(self._state, nb, cfg, dtype, self._weights)
+            st = slice_state(self._state, nb, cfg, dtype, self._weights)
         loss, finite = sim.train_batch(st, self._weights, xb, targets, self._streams)
         if nb < B:
-            _write_back(self._state, st, nb)
+            write_back(self._state, st, nb)
             self._state.reproject(self._weights)
         self.n_examples_seen_ += nb
         self.loss_curve_.append(loss)
@@ -391,122 +317,3 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
-
-
-def _slice_state(st: core.State, nb, cfg, dtype, weights):
-    """A state of ``nb`` examples holding copies of the first ``nb`` slots of ``st``."""
-    part = core.State(cfg, nb, dtype)
-    for a, b in zip(part.C, st.C):
-        a[...] = b[:nb]
-    for a, b in zip(part.A, st.A):
-        a[...] = b[:nb]
-    for a, b in zip(part.sources, st.sources):
-        a.rates[...] = b.rates[:nb]
-        if a.hist is not None:
-            a.hist[...] = b.hist[:, :nb]
-    part.step = st.step
-    part.reproject(weights)
-    return part
-
-
-def _write_back(st: core.State, part: core.State, nb):
-    for a, b in zip(st.C, part.C):
-        a[:nb] = b
-    for a, b in zip(st.A, part.A):
-        a[:nb] = b
-    for a, b in zip(st.sources, part.sources):
-        a.rates[:nb] = b.rates
-        a.version += 1
-        if a.hist is not None:
-            a.hist[:, :nb] = b.hist
-    # the untouched slots did not advance; keep them aligned to the shared step counter by
-    # leaving their history as is (their next example continues from it)
-    st.step = part.step
-
-
-# ------------------------------------------------------------ registry entry
-
-
-def search_space(options=None):
-    """The reference study's space (names as in its logs); fixed key set."""
-    space = {name: CategoricalDistribution([False, True]) for name in SWITCHES}
-    space.update({
-        "dt": FloatDistribution(0.1, 1.0),
-        "l_f_phase": IntDistribution(2, 50),
-        "l_t_phase": IntDistribution(2, 50),
-        "l_f_phase_test": IntDistribution(50, 100),
-        "lambda_max": FloatDistribution(0.2, 0.5),
-        "tau_s": FloatDistribution(1.0, 5.0),
-        "tau_L": FloatDistribution(7.0, 13.0),
-        "g_B": FloatDistribution(0.3, 0.9),
-        "g_A": FloatDistribution(0.02, 0.1),
-        "E_E": FloatDistribution(5.0, 12.0),
-        "E_I": FloatDistribution(-12.0, -5.0),
-        "f_etas": FloatDistribution(0.01, 0.5),
-        "b_etas": FloatDistribution(0.01, 0.5),
-        "num_layers": IntDistribution(1, MAX_LAYERS),
-    })
-    for i in range(1, MAX_LAYERS + 1):
-        space[f"h_l_{i}"] = IntDistribution(30, 500)
-    return space
-
-
-def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
-    """An unfitted classifier for one sampled point.
-
-    Windows: ``integration_time = settle_rule(min(l_f_phase, l_t_phase))`` and
-    ``integration_time_test = settle_rule(l_f_phase_test)`` (settle
-    ``min(30, L // 2)`` steps), always valid. ``mem = int(10 / dt)`` as in the
-    reference. ``options``: ``batch_size`` (1), ``dtype`` ("float32"),
-    ``units_per_class`` (1), ``test_batch_size`` (500).
-    """
-    options = dict(options or {})
-    n_hidden = int(params["num_layers"])
-    hidden = tuple(int(params[f"h_l_{i}"]) for i in range(1, n_hidden + 1))
-    kwargs = {name: bool(params[name]) for name in SWITCHES}
-    for name in ("dt", "lambda_max", "tau_s", "tau_L", "g_B", "g_A", "E_E", "E_I", "f_etas", "b_etas"):
-        kwargs[name] = float(params[name])
-    for name in ("l_f_phase", "l_t_phase", "l_f_phase_test"):
-        kwargs[name] = int(params[name])
-    if not kwargs["update_feedback_weights"]:
-        kwargs["b_etas"] = 0.0
-    return SegregatedDendriteClassifier(
-        hidden_layer_sizes=hidden,
-        **kwargs,
-        batch_size=int(options.get("batch_size", 1)),
-        dtype=str(options.get("dtype", "float32")),
-        units_per_class=int(options.get("units_per_class", 1)),
-        test_batch_size=int(options.get("test_batch_size", 500)),
-        epochs=int(epochs),
-        random_state=random_state,
-    )
-
-
-#: The paper's main non-spiking setting (specification, "Defaults") as a point of the space.
-DEFAULT_PARAMS = {
-    "use_sparse_feedback": False, "use_conductances": False, "use_broadcast": True,
-    "use_spiking_feedback": False, "use_spiking_feedforward": False, "use_symmetric_weights": False,
-    "noisy_symmetric_weights": False, "update_feedback_weights": False, "use_apical_conductance": False,
-    "use_weight_optimization": True, "use_feedback_bias": False,
-    "dt": 1.0, "l_f_phase": 2, "l_t_phase": 2, "l_f_phase_test": 2, "lambda_max": 0.2, "tau_s": 3.0,
-    "tau_L": 10.0, "g_B": 0.6, "g_A": 0.0, "E_E": 8.0, "E_I": -8.0, "f_etas": 0.21, "b_etas": 0.0,
-    "num_layers": 1, "h_l_1": 500, **{f"h_l_{i}": 100 for i in range(2, MAX_LAYERS + 1)},
-}
-
-
-def warm_up(estimator, X, y, classes):
-    """Compile the simulator's kernels for this configuration (network depth, dtype) on a
-    throw-away copy: compiled code is cached on disk, so this takes about a second once
-    the machine has compiled it before, and up to a minute the first time."""
-    clone(estimator).partial_fit(X, y, classes=classes).predict(X[:1])
-
-
-SPEC = ModelSpec(
-    name="segdend",
-    label="Segregated-dendrite MLP",
-    build=build,
-    search_space=search_space,
-    default_params=DEFAULT_PARAMS,
-    description="Guerguiev et al. (2017) segregated-dendrite network, our vectorised simulator",
-    warm_up=warm_up,
-)

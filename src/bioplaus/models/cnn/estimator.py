@@ -30,21 +30,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
-from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import ConfigError, InvalidConfigurationError
-from bioplaus.models._cnn_layers import softmax, softmax_cross_entropy
-from bioplaus.models._cnn_network import Adam, ConvNet, feature_map_shapes
-from bioplaus.models.registry import ModelSpec
+from bioplaus.models.cnn._layers import softmax, softmax_cross_entropy
+from bioplaus.models.cnn._network import Adam, ConvNet, feature_map_shapes
 
 MAX_BLOCKS = 5
 
-__all__ = ["CNNClassifier", "check_params", "check_geometry", "params_to_estimator_args", "SPEC"]
+__all__ = ["CNNClassifier", "check_params", "check_geometry", "params_to_estimator_args", "MAX_BLOCKS"]
 
 
 # ---------------------------------------------------------------------------
@@ -115,17 +113,11 @@ def check_params(params, input_shape):
 # helpers
 # ---------------------------------------------------------------------------
 
-_CONTROLLER = None
-
-
 @contextmanager
 def _workers(n_jobs):
     """``(run, split)`` for ``n_jobs`` threads: ``run(fn, items)`` maps over
     shards (serially for one thread), ``split(x)`` cuts a batch into consecutive
     shards. BLAS is limited to one thread meanwhile."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
     if n_jobs is None:
         n_threads = 1
     elif n_jobs == -1:
@@ -140,7 +132,7 @@ def _workers(n_jobs):
         bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
         return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    with _CONTROLLER.limit(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"):
         if n_threads <= 1:
             yield map, split
         else:
@@ -465,66 +457,3 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
         return tags
-
-
-# ---------------------------------------------------------------------------
-# registry entry
-# ---------------------------------------------------------------------------
-
-
-def search_space(options=None):
-    """The reference's CNN search space (fixed key set; only the first
-    ``num_layers`` of ``ch_*``/``k_*`` are used)."""
-    space = {
-        "batch_size": IntDistribution(10, 500),
-        "learning_rate": FloatDistribution(1e-4, 0.05, log=True),
-        "num_layers": IntDistribution(1, MAX_BLOCKS),
-    }
-    for i in range(1, MAX_BLOCKS + 1):
-        space[f"ch_{i}"] = IntDistribution(3, 64)
-    for i in range(1, MAX_BLOCKS + 1):
-        space[f"k_{i}"] = IntDistribution(2, 10)
-    space["stride"] = IntDistribution(1, 3)
-    space["padding"] = IntDistribution(1, 3)
-    return space
-
-
-#: keys of ``model_options.cnn`` passed through to the estimator
-_OPTION_KEYS = ("bn_momentum", "predict_batch_size", "n_jobs", "max_patch_mb")
-
-
-def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
-    """An unfitted :class:`CNNClassifier` for one search-space point, reading
-    flat rows of images ``input_shape`` = (c, h, w). An invalid geometry is
-    raised at fit time (check it earlier with :func:`check_params`)."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(_OPTION_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown model_options.cnn keys {unknown}; allowed: {list(_OPTION_KEYS)}")
-    return CNNClassifier(
-        **params_to_estimator_args(params),
-        epochs=int(epochs),
-        input_shape=tuple(int(v) for v in input_shape),
-        random_state=random_state,
-        **options,
-    )
-
-
-DEFAULT_PARAMS = {
-    "batch_size": 100,
-    "learning_rate": 1e-3,
-    "num_layers": 2,
-    **{f"ch_{i}": c for i, c in enumerate((16, 32, 32, 32, 32), start=1)},
-    **{f"k_{i}": 5 for i in range(1, MAX_BLOCKS + 1)},
-    "stride": 1,
-    "padding": 2,
-}
-
-SPEC = ModelSpec(
-    name="cnn",
-    label="Backprop CNN",
-    build=build,
-    search_space=search_space,
-    default_params=DEFAULT_PARAMS,
-    description="NumPy CNN: conv -> batch norm -> ReLU -> 2x2 max pool blocks, linear, Adam",
-)

@@ -1,0 +1,107 @@
+"""The segregated-dendrite network as a registered model: its search space, default and builder.
+
+``SPEC`` registers :class:`~.estimator.SegregatedDendriteClassifier` as
+``segdend``; the space is the 2019 review's table (names as in its logs, so
+the reference logs line up), and ``DEFAULT_PARAMS`` is the paper's main
+non-spiking setting (Guerguiev, Lillicrap & Richards 2017).
+"""
+
+from __future__ import annotations
+
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from sklearn.base import clone
+
+from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes
+from bioplaus.models.registry import ModelSpec
+from bioplaus.models.segdend.config import SWITCHES
+from bioplaus.models.segdend.estimator import SegregatedDendriteClassifier
+
+
+def search_space(options=None):
+    """The reference study's space (names as in its logs); fixed key set."""
+    space = {name: CategoricalDistribution([False, True]) for name in SWITCHES}
+    space.update({
+        "dt": FloatDistribution(0.1, 1.0),
+        "l_f_phase": IntDistribution(2, 50),
+        "l_t_phase": IntDistribution(2, 50),
+        "l_f_phase_test": IntDistribution(50, 100),
+        "lambda_max": FloatDistribution(0.2, 0.5),
+        "tau_s": FloatDistribution(1.0, 5.0),
+        "tau_L": FloatDistribution(7.0, 13.0),
+        "g_B": FloatDistribution(0.3, 0.9),
+        "g_A": FloatDistribution(0.02, 0.1),
+        "E_E": FloatDistribution(5.0, 12.0),
+        "E_I": FloatDistribution(-12.0, -5.0),
+        "f_etas": FloatDistribution(0.01, 0.5),
+        "b_etas": FloatDistribution(0.01, 0.5),
+    })
+    space.update(hidden_layer_space())
+    return space
+
+
+#: ``model_options.segdend``: fixed estimator settings (JSON-schema fragments; see ModelSpec.options).
+OPTIONS = {
+    "batch_size": {"type": "integer", "minimum": 1,
+                   "description": "examples simulated side by side (1: the paper's online rule)"},
+    "dtype": {"type": "string", "enum": ["float32", "float64"], "description": "floating-point precision"},
+    "units_per_class": {"type": "integer", "minimum": 1, "description": "output units per class"},
+    "test_batch_size": {"type": "integer", "minimum": 1, "description": "examples simulated side by side when testing"},
+}
+
+
+def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
+    """An unfitted classifier for one sampled point.
+
+    Windows: ``integration_time = settle_rule(min(l_f_phase, l_t_phase))`` and
+    ``integration_time_test = settle_rule(l_f_phase_test)`` (settle
+    ``min(30, L // 2)`` steps), always valid. ``mem = int(10 / dt)`` as in the
+    reference. ``options`` (:data:`OPTIONS`) go to the estimator as given;
+    the estimator's defaults apply to the others.
+    """
+    options = SPEC.resolve_options(options)
+    hidden = hidden_sizes(params)
+    kwargs = {name: bool(params[name]) for name in SWITCHES}
+    for name in ("dt", "lambda_max", "tau_s", "tau_L", "g_B", "g_A", "E_E", "E_I", "f_etas", "b_etas"):
+        kwargs[name] = float(params[name])
+    for name in ("l_f_phase", "l_t_phase", "l_f_phase_test"):
+        kwargs[name] = int(params[name])
+    if not kwargs["update_feedback_weights"]:
+        kwargs["b_etas"] = 0.0
+    return SegregatedDendriteClassifier(
+        hidden_layer_sizes=hidden,
+        **kwargs,
+        **options,
+        epochs=int(epochs),
+        random_state=random_state,
+    )
+
+
+#: The paper's main non-spiking setting (specification, "Defaults") as a point of the space.
+DEFAULT_PARAMS = {
+    "use_sparse_feedback": False, "use_conductances": False, "use_broadcast": True,
+    "use_spiking_feedback": False, "use_spiking_feedforward": False, "use_symmetric_weights": False,
+    "noisy_symmetric_weights": False, "update_feedback_weights": False, "use_apical_conductance": False,
+    "use_weight_optimization": True, "use_feedback_bias": False,
+    "dt": 1.0, "l_f_phase": 2, "l_t_phase": 2, "l_f_phase_test": 2, "lambda_max": 0.2, "tau_s": 3.0,
+    "tau_L": 10.0, "g_B": 0.6, "g_A": 0.0, "E_E": 8.0, "E_I": -8.0, "f_etas": 0.21, "b_etas": 0.0,
+    "num_layers": 1, **default_widths(500, 1, 100),
+}
+
+
+def warm_up(estimator, X, y, classes):
+    """Compile the simulator's kernels for this configuration (network depth, dtype) on a
+    throw-away copy: compiled code is cached on disk, so this takes about a second once
+    the machine has compiled it before, and up to a minute the first time."""
+    clone(estimator).partial_fit(X, y, classes=classes).predict(X[:1])
+
+
+SPEC = ModelSpec(
+    name="segdend",
+    label="Segregated-dendrite MLP",
+    build=build,
+    search_space=search_space,
+    default_params=DEFAULT_PARAMS,
+    description="Guerguiev et al. (2017) segregated-dendrite network, our vectorised simulator",
+    warm_up=warm_up,
+    options=OPTIONS,
+)

@@ -1,0 +1,386 @@
+"""Weights and simulation state of a segregated-dendrite network (arrays only).
+
+:class:`Weights` holds the feedforward, feedback and bias arrays (with the
+pending low-rank online updates); :class:`State` holds the per-example
+compartment potentials, the rates and spike histories of every source and
+the PSP traces of every pathway; :func:`slice_state` / :func:`write_back`
+run a smaller batch on the first rows of a state. Layout: ``B`` examples
+side by side as rows; ``WT[l]`` is ``W_l`` transposed, ``(n_{l-1}, n_l)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.linalg import blas as _blas
+
+from bioplaus.models.segdend import _kernel
+from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD, SPARSE_FRACTION, SPARSE_GAIN, Config
+
+
+
+def weight_optimization_stats(N, lambda_max):
+    """Mean and standard deviation of initial weights for ``N`` inputs (``W_avg``, ``W_sd``).
+
+    Chosen so that dendritic potentials start near mean 3, s.d. 3 with a bias
+    of 0.8, assuming the sigmoid's linear slope ``nu = lambda_max / 4``.
+    """
+    V_avg, V_sd, b_avg = 3.0, 3.0, 0.8
+    nu = lambda_max * 0.25
+    V_sm = V_sd**2 + V_avg**2
+    W_avg = (V_avg - b_avg) / (nu * N * V_avg)
+    W_sm = (
+        V_sm + nu**2 * (N - N**2) * W_avg**2 * V_avg**2 - 2 * N * nu * b_avg * V_avg * W_avg - b_avg**2
+    ) / (N * nu**2 * V_sm)
+    return W_avg, math.sqrt(max(W_sm - W_avg**2, 0.0))
+
+
+
+#: Online (batch 1) updates of large feedforward matrices are kept as a pending
+#: low-rank sum and applied every DEFER_RANK examples by one matrix product.
+DEFER_RANK = 32
+DEFER_MIN_SIZE = 65536
+
+
+class _Pending:
+    """Pending rank-m update ``WT += P[:m].T @ Q[:m]`` of one feedforward matrix (m kept by Weights)."""
+
+    def __init__(self, n_in, n_out, dtype):
+        self.P = np.zeros((DEFER_RANK, n_in), dtype)
+        self.Q = np.zeros((DEFER_RANK, n_out), dtype)
+
+
+class Weights:
+    """Weights of one network: ``WT``, ``b`` per layer; ``YT``, ``c``, sparse masks per hidden layer.
+
+    ``WT[l]`` may carry a pending low-rank update (``pending[l]``, of rank
+    ``pending_m[l]``); readers other than the simulator's rate-mode drive
+    call :meth:`flush` first. Arrays are updated in place, except ``YT``
+    under symmetric feedback (replaced: :meth:`impose_symmetry`).
+    """
+
+    def __init__(self, WT, b, YT, c, masks):
+        self.WT, self.b, self.YT, self.c, self.masks = WT, b, YT, c, masks
+        self.pending = [None] * len(WT)
+        self.pending_m = np.zeros(len(WT), np.int64)
+        self._kernel_arrays = None
+
+    def kernel_arrays(self):
+        """Tuples of this network's arrays for the compiled loop (see ``_kernel``)."""
+        if self._kernel_arrays is None:
+            dt = self.WT[0].dtype
+            d2, d1 = np.zeros((1, 1), dt), np.zeros(0, dt)
+            L = len(self.WT)
+            self._kernel_arrays = (
+                padded(self.WT, L, d2), padded(self.b, L, d1), padded(self.YT, L, d2, -1),
+                padded([d1 if x is None else x for x in self.c], L, d1, -1),
+                padded([d2 if p is None else p.P for p in self.pending], L, d2),
+                padded([d2 if p is None else p.Q for p in self.pending], L, d2), self.pending_m)
+        return self._kernel_arrays
+
+    def ensure_pending(self, layers):
+        """Allocate the pending low-rank buffers of ``layers`` (indices); True if any was new."""
+        new = False
+        for l in layers:
+            if self.pending[l] is None:
+                self.pending[l] = _Pending(*self.WT[l].shape, self.WT[l].dtype)
+                self._kernel_arrays, new = None, True
+        return new
+
+    def flush(self, layer=None):
+        """Apply pending updates (of one layer, or all)."""
+        for l in range(len(self.WT)) if layer is None else (layer,):
+            m = self.pending_m[l]
+            if m:
+                pend = self.pending[l]
+                rank_update(self.WT[l], pend.P[:m], pend.Q[:m], 1.0)
+                self.pending_m[l] = 0
+
+    @classmethod
+    def initial(cls, cfg: Config, rng: np.random.Generator, dtype=np.float32):
+        """Initial weights (plain or weight-optimised), feedback, sparse masks, symmetry."""
+        sizes, L = cfg.sizes, cfg.n_layers
+        WT, b = [None] * L, [None] * L
+
+        def centred(shape):  # U(-1/2, 1/2): unit variance after scaling by 3.465 ~ 2 sqrt(3)
+            return rng.random(shape) - 0.5
+
+        for l in range(L):
+            N, n = sizes[l], sizes[l + 1]
+            if cfg.use_weight_optimization:
+                W_avg, W_sd = weight_optimization_stats(N, cfg.lambda_max)
+                W = W_avg + 3.465 * W_sd * centred((n, N))
+                b[l] = 0.8 + 3.465 * 0.001 * centred(n)
+            else:
+                W = 0.1 * centred((n, N))
+                b[l] = 1.0 * centred(n)
+            WT[l] = np.ascontiguousarray(W.T)
+        YT, c, masks = [None] * (L - 1), [None] * (L - 1), [None] * (L - 1)
+        for l in range(L - 1):
+            n, n_src = sizes[l + 1], sizes[cfg.feedback_source(l) + 1]
+            if cfg.use_weight_optimization:
+                Y_avg, Y_sd = weight_optimization_stats(n, cfg.lambda_max)
+                Y = Y_avg + 3.465 * Y_sd * centred((n, n_src))
+                c[l] = Y_avg + 3.465 * Y_sd * centred(n)
+            else:
+                Y = centred((n, n_src))
+                c[l] = centred(n)
+            YT[l] = np.ascontiguousarray(Y.T)
+        for l in range(L - 1):  # masks drawn after all weights (the reference's order)
+            if cfg.use_sparse_feedback:
+                mask = np.ones(YT[l].size)
+                mask[rng.choice(YT[l].size, int(SPARSE_FRACTION * YT[l].size), replace=False)] = 0.0
+                masks[l] = mask.reshape(YT[l].shape)
+                YT[l] *= masks[l] * SPARSE_GAIN
+        if not cfg.use_feedback_bias:
+            c = [None] * (L - 1)
+        w = cls([x.astype(dtype) for x in WT], [x.astype(dtype) for x in b],
+                [x.astype(dtype) for x in YT], [None if x is None else x.astype(dtype) for x in c],
+                [None if m is None else m.astype(dtype) for m in masks])
+        if cfg.use_symmetric_weights:
+            w.impose_symmetry(cfg, None if not cfg.noisy_symmetric_weights else
+                              (lambda shape: rng.normal(0.0, NOISY_SYMMETRIC_SD, size=shape)))
+        return w
+
+    def impose_symmetry(self, cfg: Config, noise=None):
+        """Feedback = transposes of feedforward weights (products of them under broadcast).
+
+        ``noise(shape)`` (optional) returns N(0, 0.05) noise added to each
+        transpose. Sparse masks are applied afterwards (survivors times 5);
+        the products are formed from the unmasked matrices.
+        """
+        L = cfg.n_layers
+        unmasked = [None] * (L - 1)
+        for l in range(L - 2, -1, -1):
+            Wt_above = self.WT[l + 1].T  # W_{l+1} (n_{l+1}, n_l) == Y_l^T for the layer above
+            if noise is not None:
+                Wt_above = Wt_above + noise(Wt_above.shape[::-1]).T.astype(Wt_above.dtype)
+            if cfg.use_broadcast and l < L - 2:
+                # Y_l = W_{l+1}^T @ Y_{l+1}  ->  YT_l = YT_{l+1} @ W_{l+1}
+                unmasked[l] = unmasked[l + 1] @ Wt_above
+            else:
+                unmasked[l] = np.array(Wt_above, order="C")
+        for l in range(L - 1):
+            Y = unmasked[l]
+            if self.masks[l] is not None:
+                Y = Y * (self.masks[l] * SPARSE_GAIN)
+            self.YT[l] = np.ascontiguousarray(Y, dtype=self.WT[0].dtype)
+        self._kernel_arrays = None
+
+    def copy(self):
+        self.flush()
+        cp = lambda xs: [None if x is None else x.copy() for x in xs]  # noqa: E731
+        return Weights(cp(self.WT), cp(self.b), cp(self.YT), cp(self.c), cp(self.masks))
+
+    def all_finite(self):
+        self.flush()
+        return all(np.isfinite(x).all() for x in (*self.WT, *self.b, *self.YT, *self.c) if x is not None)
+
+
+def padded(xs, n_layers, dummy, extra=0):
+    """``xs`` as a tuple padded with ``dummy`` to :func:`padded_layers` ``+ extra`` entries
+    (``extra`` = -1 for hidden-layer tuples, +1 for source tuples)."""
+    xs = tuple(xs)
+    return xs + (dummy,) * (padded_layers(n_layers) + extra - len(xs))
+
+
+def padded_layers(n_layers):
+    """Layers of the compiled loop's tuples for a network of ``n_layers``: 2, 4 or 7 (or more).
+
+    A tuple's length is part of its compiled type: padding to a few sizes
+    bounds the number of compiled versions (each takes some 20 CPU seconds
+    once per machine), while small networks keep short tuples, which are
+    cheaper to pass (about 0.1 microsecond per array per call).
+    """
+    for size in (2, 4, _kernel.PAD_LAYERS):
+        if n_layers <= size:
+            return size
+    return n_layers
+
+
+def rank_update(M, a, bvec, alpha):
+    """In place ``M += alpha * a.T @ bvec`` for C-contiguous ``M`` (n, m), ``a`` (B, n), ``bvec`` (B, m).
+
+    BLAS ger/gemm on the transposed (Fortran) view: no temporary of M's size.
+    """
+    dt = M.dtype
+    if dt == np.float32:
+        ger, gemm = _blas.sger, _blas.sgemm
+    elif dt == np.float64:
+        ger, gemm = _blas.dger, _blas.dgemm
+    else:  # pragma: no cover - dtypes restricted by the estimator
+        M += alpha * (a.T @ bvec)
+        return
+    a = np.asarray(a, dtype=dt)
+    bvec = np.asarray(bvec, dtype=dt)
+    if a.shape[0] == 1:
+        out = ger(alpha, bvec[0], a[0], a=M.T, overwrite_a=1)
+    else:
+        out = gemm(alpha, bvec, a, beta=1.0, c=M.T, trans_a=1, overwrite_c=1)
+    if not np.shares_memory(out, M):  # pragma: no cover - BLAS copied (non-contiguous M)
+        M[...] = out.T
+
+
+# ---------------------------------------------------------------- simulation
+
+
+class _ArrayItem:
+    """An int attribute kept in a shared int64 array (read by the compiled loop):
+    element ``obj._index`` of the array ``getattr(obj, name)``."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else int(getattr(obj, self.name)[obj._index])
+
+    def __set__(self, obj, value):
+        getattr(obj, self.name)[obj._index] = value
+
+
+class _Source:
+    """Activity of one layer (index -1 = input): rates, version, spike ring buffer.
+
+    ``version`` counts rate changes; it lives in the state's ``versions``
+    array (read by the compiled loop).
+    """
+
+    def __init__(self, B, n, mem, spiking, dtype, versions, index):
+        self.rates = np.zeros((B, n), dtype)
+        self.hist = np.zeros((mem, B, n), dtype) if spiking else None
+        self._versions, self._index = versions, index
+
+    version = _ArrayItem("_versions")
+
+
+class _Pathway:
+    """Dendritic drive ``PSP @ M`` of one compartment (``M`` = ``WT[l]`` or ``YT[l]``).
+
+    A feedforward source spikes earlier in the same step than the layer reads
+    its drive; a feedback source later, so a feedback PSP ends one step back
+    (the order of the compiled loop gives both).
+    """
+
+    def __init__(self, source, spiking, B, n_out, mem, dtype, seen, index):
+        self.source, self.spiking = source, spiking
+        self._seen, self._index = seen, index  # source version the drive was computed from
+        self.drive = np.zeros((B, n_out), dtype)
+        self.proj = np.zeros((mem, B, n_out), dtype) if spiking else None  # ring of S(t) @ M
+        # PSP traces sum_a d^(a+1) proj(t - a) for d = exp(-1/tau_L), exp(-1/tau_s)
+        self.trace = np.zeros((2, B, n_out), dtype) if spiking else None
+
+    seen = _ArrayItem("_seen")
+
+    def reproject(self, M, trace_weights):
+        """Recompute all projections after ``M`` changed (spike by spike: spikes are sparse),
+        and the traces from them (``trace_weights`` (2, mem): weight of each ring slot)."""
+        mem, B, n = self.source.hist.shape
+        _kernel.project(self.source.hist.reshape(mem * B, n), M, self.proj.reshape(mem * B, -1))
+        np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
+
+
+class State:
+    """Dynamic state of ``B`` side-by-side simulations: somatic potentials, rates, spike history."""
+
+    def __init__(self, cfg: Config, B: int, dtype, apical: bool = True):
+        """``apical=False`` (testing without apical conductance): apical
+        compartments are not simulated (they cannot affect the output)."""
+        self.B, self.dtype, self.apical = B, np.dtype(dtype), apical
+        self.mem = cfg.mem
+        L, mem = cfg.n_layers, cfg.mem
+        sizes = cfg.sizes
+        spiking_src = [cfg.use_spiking_feedforward] + [False] * L
+        if cfg.use_spiking_feedforward:
+            for l in range(L - 1):
+                spiking_src[l + 1] = True
+        if cfg.use_spiking_feedback and apical:
+            for l in range(L - 1):
+                spiking_src[cfg.feedback_source(l) + 1] = True
+        self.spiking_src = spiking_src  # index 0 = input, l + 1 = layer l
+        self.versions = np.zeros(L + 1, np.int64)
+        self.ff_seen = np.full(L, -1, np.int64)
+        self.fb_seen = np.full(max(1, L - 1), -1, np.int64)
+        self.sources = [_Source(B, sizes[i], mem, spiking_src[i], dtype, self.versions, i) for i in range(L + 1)]
+        self.C = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L)]
+        self.A = [np.zeros((B, sizes[l + 1]), dtype) for l in range(L - 1)]
+        self.ff = [_Pathway(self.sources[l], cfg.use_spiking_feedforward, B, sizes[l + 1], mem, dtype,
+                            self.ff_seen, l) for l in range(L)]
+        self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], cfg.use_spiking_feedback and apical, B,
+                            sizes[l + 1], mem, dtype, self.fb_seen, l) for l in range(L - 1)]
+        self.step = 0  # global step counter; slot of step g is g % mem
+        # the input's exp(-rate), valid while the input is fixed (spiking feedforward)
+        self.p0 = np.zeros((B, sizes[0]), dtype)
+        self.p0_valid = False
+        self.phase_cache = {}  # arguments and window sums of the compiled loop, per phase kind
+        self.errors = None  # local error buffers of train_batch
+        self.target = np.zeros((B, sizes[-1]), dtype)  # teaching signal of the target phase
+        # per-neuron apical windows (random plateau times), hidden layers
+        self.plateau_end = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
+        self.plateau_start = [np.zeros((B, sizes[l + 1]), np.int64) for l in range(L - 1)]
+        # spike uniforms per step: offset of each spiking source within a step, count
+        self.u_off = np.zeros(L + 1, np.int64)
+        self.u_per_step = 0
+        for i, on in enumerate(spiking_src):
+            if on:
+                self.u_off[i] = self.u_per_step
+                self.u_per_step += B * sizes[i]
+        d2, d3 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
+        # the state's arrays in the order of the compiled loop's arguments
+        self.kernel_arrays = (
+            padded([src.rates for src in self.sources], L, d2, 1), self.versions,
+            padded([d3 if src.hist is None else src.hist for src in self.sources], L, d3, 1), self.p0,
+            padded(self.C, L, d2), padded(self.A, L, d2, -1), padded([p.drive for p in self.ff], L, d2),
+            padded([d3 if p.proj is None else p.proj for p in self.ff], L, d3),
+            padded([d3 if p.trace is None else p.trace for p in self.ff], L, d3), self.ff_seen,
+            padded([d3 if q.proj is None else q.proj for q in self.fb], L, d3, -1),
+            padded([d3 if q.trace is None else q.trace for q in self.fb], L, d3, -1), self.fb_seen)
+        self._decays = np.exp(-1.0 / np.array([cfg.tau_L, cfg.tau_s]))
+
+    def reproject(self, weights: Weights):
+        """Make every cached drive consistent with new weights."""
+        if any(p.spiking for p in self.ff):
+            weights.flush()
+        self.ff_seen[:] = -1
+        self.fb_seen[:] = -1
+        if any(p.spiking for p in self.ff + self.fb):
+            age = (self.step - np.arange(self.mem)) % self.mem  # ring slot k holds the projection of step - age[k]
+            trace_weights = (self._decays[:, None] ** (age + 1)).astype(self.dtype)
+        for l, p in enumerate(self.ff):
+            if p.spiking:
+                p.reproject(weights.WT[l], trace_weights)
+        for l, p in enumerate(self.fb):
+            if p.spiking:
+                p.reproject(weights.YT[l], trace_weights)
+
+
+
+def slice_state(st: State, nb, cfg, dtype, weights):
+    """A state of ``nb`` examples holding copies of the first ``nb`` slots of ``st``."""
+    part = State(cfg, nb, dtype)
+    for a, b in zip(part.C, st.C):
+        a[...] = b[:nb]
+    for a, b in zip(part.A, st.A):
+        a[...] = b[:nb]
+    for a, b in zip(part.sources, st.sources):
+        a.rates[...] = b.rates[:nb]
+        if a.hist is not None:
+            a.hist[...] = b.hist[:, :nb]
+    part.step = st.step
+    part.reproject(weights)
+    return part
+
+
+def write_back(st: State, part: State, nb):
+    for a, b in zip(st.C, part.C):
+        a[:nb] = b
+    for a, b in zip(st.A, part.A):
+        a[:nb] = b
+    for a, b in zip(st.sources, part.sources):
+        a.rates[:nb] = b.rates
+        a.version += 1
+        if a.hist is not None:
+            a.hist[:, :nb] = b.hist
+    # the untouched slots did not advance; keep them aligned to the shared step counter by
+    # leaving their history as is (their next example continues from it)
+    st.step = part.step
