@@ -233,7 +233,7 @@ def test_divergence_stops_and_predicts_at_chance(digits, how):
         model.fit(X, y_train)
         proba = model.predict_proba(X_test)
     assert model.diverged_
-    assert model.n_iter_ < 3 or how == "huge learning rate"
+    assert model.n_iter_ < model.epochs  # training stopped at the divergence, not after every epoch
     assert model.loss_ == np.inf
     np.testing.assert_allclose(proba, 0.1)
     t = model.t_

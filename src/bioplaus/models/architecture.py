@@ -41,3 +41,9 @@ def hidden_sizes(params: Mapping[str, Any]) -> tuple[int, ...]:
 def default_widths(first: int, n_first: int, rest: int) -> dict[str, int]:
     """Widths of a default setting: ``first`` units in layers 1..``n_first``, ``rest`` above."""
     return {width_name(i): first if i <= n_first else rest for i in range(1, MAX_LAYERS + 1)}
+
+
+def unused_widths(params: Mapping[str, Any], prefixes: tuple[str, ...] = ("h_l_",), max_layers: int = MAX_LAYERS) -> list[str]:
+    """Per-layer hyperparameters (``<prefix><i>``) of layers beyond ``num_layers``: drawn, but unused."""
+    n = int(round(float(params["num_layers"])))
+    return [f"{p}{i}" for p in prefixes for i in range(n + 1, max_layers + 1)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.neural_network import MLPClassifier
 
-from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes
+from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
 
 
@@ -63,4 +63,5 @@ SPEC = ModelSpec(
     description="scikit-learn MLPClassifier: ReLU, Adam, cross-entropy",
     options=OPTIONS,
     backprop=True,
+    inactive=unused_widths,
 )

@@ -74,6 +74,11 @@ class ModelSpec:
         options with the declared defaults filled in (:meth:`resolve_options`).
     backprop: a backpropagation baseline (the comparison table sets every
         other model against each of these).
+    inactive: optional ``inactive(params) -> names``: the hyperparameters of a
+        sampled point that have no effect on the model built from it (widths
+        beyond ``num_layers``, a rate of a switched-off mechanism). The
+        analysis keeps them out of per-parameter statistics
+        (:meth:`active_params`).
     warm_up: optional ``warm_up(estimator, X, y, classes)``, run before a
         fold's clock starts: one-off costs that do not belong to the
         configuration's training time (compiling kernels for this shape) are
@@ -89,6 +94,14 @@ class ModelSpec:
     warm_up: Callable[..., None] | None = None
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backprop: bool = False
+    inactive: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
+
+    def active_params(self, params: Mapping[str, Any]) -> set[str]:
+        """Names of ``params`` that affect the model built from them (all but :attr:`inactive`'s)."""
+        names = set(params)
+        if self.inactive is None:
+            return names
+        return names - set(self.inactive(params))
 
     def options_schema(self) -> dict[str, Any]:
         """JSON schema of ``model_options.<name>``: a closed object of the declared options."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from bioplaus.models.cnn.estimator import MAX_BLOCKS, CNNClassifier, params_to_estimator_args
+from bioplaus.models.architecture import unused_widths
 from bioplaus.models.registry import ModelSpec
 
 
@@ -61,6 +62,11 @@ def build(params, *, input_shape, n_classes, epochs, random_state, options=None)
     )
 
 
+def inactive(params):
+    """Channels and kernel sizes of blocks beyond ``num_layers``."""
+    return unused_widths(params, ("ch_", "k_"), MAX_BLOCKS)
+
+
 DEFAULT_PARAMS = {
     "batch_size": 100,
     "learning_rate": 1e-3,
@@ -80,4 +86,5 @@ SPEC = ModelSpec(
     description="NumPy CNN: conv -> batch norm -> ReLU -> 2x2 max pool blocks, linear, Adam",
     options=OPTIONS,
     backprop=True,
+    inactive=inactive,
 )

@@ -4,7 +4,9 @@ NumPy arrays and one compiled step loop (:mod:`._kernel`, numba):
 knows nothing of scikit-learn, optuna or files. The estimator in
 :mod:`bioplaus.models.segdend.estimator` wraps it. Parameter names mirror the paper and
 its reference code (``l_f_phase``, ``lambda_max``, ``g_B`` ...); the
-equations are those of ``design/segregated-dendrites.md``.
+equations are those of Guerguiev, Lillicrap & Richards (2017), "Towards deep
+learning with segregated dendrites", eLife 6:e22901 (Methods), as the
+published code implements them.
 
 Layout. ``B`` examples are simulated side by side as rows: every state array
 is ``(B, n)``. Feedforward weights are stored transposed, ``WT[l]`` of shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from sklearn.base import clone
 
-from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes
+from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
 from bioplaus.models.segdend.config import SWITCHES
 from bioplaus.models.segdend.estimator import SegregatedDendriteClassifier
@@ -88,6 +88,23 @@ DEFAULT_PARAMS = {
 }
 
 
+def inactive(params):
+    """Hyperparameters without effect in this point: widths beyond ``num_layers``; ``b_etas`` without
+    ``update_feedback_weights`` (build sets it to 0); ``g_A`` without ``use_apical_conductance``;
+    ``noisy_symmetric_weights`` without ``use_symmetric_weights``; ``use_broadcast`` with one hidden
+    layer (the output layer is the only feedback source either way)."""
+    names = unused_widths(params)
+    if not params["update_feedback_weights"]:
+        names.append("b_etas")
+    if not params["use_apical_conductance"]:
+        names.append("g_A")
+    if not params["use_symmetric_weights"]:
+        names.append("noisy_symmetric_weights")
+    if int(params["num_layers"]) == 1:
+        names.append("use_broadcast")
+    return names
+
+
 def warm_up(estimator, X, y, classes):
     """Compile the simulator's kernels for this configuration (network depth, dtype) on a
     throw-away copy: compiled code is cached on disk, so this takes about a second once
@@ -104,4 +121,5 @@ SPEC = ModelSpec(
     description="Guerguiev et al. (2017) segregated-dendrite network, our vectorised simulator",
     warm_up=warm_up,
     options=OPTIONS,
+    inactive=inactive,
 )
