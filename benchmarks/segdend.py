@@ -29,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bioplaus.datasets import load_dataset
+from bioplaus.data import load_dataset
 from bioplaus.models import _segdend_core as core
 from bioplaus.models import _segdend_kernel as kernel
 from bioplaus.models.segdend import SegregatedDendriteClassifier
