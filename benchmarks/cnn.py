@@ -197,7 +197,7 @@ def evaluate(dataset, folds, epochs, n_jobs, fold_jobs, seed):
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
-    from bioplaus.datasets import load_dataset
+    from bioplaus.data import load_dataset
 
     X, y = load_dataset(dataset)
     shape = X.shape[1:]

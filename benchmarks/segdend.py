@@ -29,7 +29,7 @@ from collections import defaultdict
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bioplaus.datasets import load_dataset
+from bioplaus.data import load_dataset
 from bioplaus.models.segdend import simulator
 from bioplaus.models.segdend.simulator import Simulator
 from bioplaus.models.segdend.state import State

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from bioplaus.datasets import load_dataset
+from bioplaus.data import load_dataset
 from bioplaus.models.segdend import SegregatedDendriteClassifier
 
 

@@ -92,6 +92,6 @@ def digits():
 @pytest.fixture()
 def prepared_digits(tmp_path, digits):
     """A prepared (memory-mappable) copy of 600 digits, as `bioplaus prepare` writes it."""
-    from bioplaus.data_cache import prepare
+    from bioplaus.data import prepare
 
     return prepare("digits", tmp_path / "data" / "digits", max_samples=600, seed=0)

@@ -86,7 +86,7 @@ def test_folds_are_stratified_and_cover_every_row(digits):
 
 def test_mlp_results_do_not_depend_on_parallel_folds(prepared_digits):
     """Same seeds, same numbers, whether folds run in one process or in two (shared memory map)."""
-    from bioplaus.data_cache import load_prepared
+    from bioplaus.data import load_prepared
 
     data = load_prepared(prepared_digits)
     assert isinstance(data.X, np.memmap)
@@ -108,7 +108,7 @@ def test_mlp_results_do_not_depend_on_parallel_folds(prepared_digits):
 ])
 def test_chunking_never_changes_what_is_learnt(prepared_digits, model, params):
     """Chunk sizes adapt to measured speed; whole-batch chunks make that invisible in the results."""
-    from bioplaus.data_cache import load_prepared
+    from bioplaus.data import load_prepared
 
     data = load_prepared(prepared_digits)
     kw = dict(input_shape=data.input_shape, n_folds=2, epochs=2, split_seed=1, init_seed=2)

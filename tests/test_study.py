@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from bioplaus.data_cache import load_prepared
+from bioplaus.data import load_prepared
 from bioplaus.errors import ConfigError
 from bioplaus.study import StudySettings, open_storage, open_study, run_worker, write_outputs
 

@@ -275,7 +275,7 @@ def _values_by_number(trials) -> dict[int, tuple]:
 @pytest.fixture(scope="module")
 def one_worker_reference(tmp_path_factory):
     """The random-sampler study of the 3-worker tests, run by a single worker."""
-    from bioplaus.data_cache import prepare
+    from bioplaus.data import prepare
 
     root = tmp_path_factory.mktemp("reference")
     data = prepare("digits", root / "data", max_samples=600, seed=0)
@@ -419,7 +419,7 @@ def test_evaluation_error_is_replaced_and_the_study_still_ends_exact(tmp_path, p
     """A trial whose evaluation raises retires its slot; a new ask replaces it (no endless loop)."""
     from optuna.distributions import CategoricalDistribution
 
-    from bioplaus.data_cache import load_prepared
+    from bioplaus.data import load_prepared
     from bioplaus.models.registry import ModelSpec, register
     from bioplaus.study import StudySettings, run_worker, trials_frame
 

@@ -40,7 +40,7 @@ def _threads(n: int | None) -> int:
 
 # --------------------------------------------------------------------------- data
 def cmd_datasets(args) -> None:
-    from bioplaus.datasets import DATASETS, locate_files
+    from bioplaus.data import DATASETS, locate_files
 
     for name, info in DATASETS.items():
         where = "embedded" if info.embedded else ("found" if locate_files(name, args.data_dir) else "not found locally")
@@ -59,14 +59,14 @@ def cmd_models(args) -> None:
 
 
 def cmd_download(args) -> None:
-    from bioplaus.datasets import download
+    from bioplaus.data import download
 
     for path in download(args.name, args.data_dir):
         print(path)
 
 
 def cmd_prepare(args) -> None:
-    from bioplaus.data_cache import prepare
+    from bioplaus.data import prepare
 
     out = prepare(args.name, args.out, data_dir=args.data_dir, max_samples=args.max_samples, seed=args.seed)
     print(f"prepared {args.name} in {out}", file=sys.stderr)
@@ -74,7 +74,7 @@ def cmd_prepare(args) -> None:
 
 # --------------------------------------------------------------------------- studies
 def _settings(args):
-    from bioplaus.data_cache import load_prepared
+    from bioplaus.data import load_prepared
     from bioplaus.study import StudySettings
 
     data = load_prepared(args.data)
@@ -125,7 +125,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_repeats(args) -> None:
-    from bioplaus.data_cache import load_prepared
+    from bioplaus.data import load_prepared
     from bioplaus.repeats import run_repeats, sources_from_best
 
     data = load_prepared(args.data)

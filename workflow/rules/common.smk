@@ -100,7 +100,7 @@ def all_targets():
 
 
 def raw_inputs(wildcards):
-    from bioplaus.datasets import dataset_info, locate_files
+    from bioplaus.data import dataset_info, locate_files
 
     if dataset_info(wildcards.dataset).embedded:
         return []

@@ -1,9 +1,10 @@
 """A dataset prepared once per study, stored as ``.npy`` files and memory-mapped.
 
-``prepare`` writes ``X.npy`` (float32, flat ``(n, c*h*w)`` in [0, 1]),
-``y.npy`` (int64) and ``meta.json`` (shape, classes, provenance) into a folder;
-``load_prepared`` memory-maps them read-only, so every study job and every
-fold worker of that job reads the same pages instead of holding a copy.
+Owns the prepared-data folder: ``prepare`` writes ``X.npy`` (float32, flat
+``(n, c*h*w)`` in [0, 1]), ``y.npy`` (int64) and ``meta.json`` (shape,
+classes, provenance) into a folder; ``load_prepared`` memory-maps them
+read-only, so every study job and every fold worker of that job reads the
+same pages instead of holding a copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioplaus.data.loading import load_dataset
 from bioplaus.errors import DatasetError
 
 
@@ -31,9 +33,7 @@ class PreparedData:
 
 
 def prepare(name: str, out_dir: str | os.PathLike, *, data_dir=None, max_samples=None, seed: int = 0) -> Path:
-    """Load dataset ``name`` (see :mod:`bioplaus.datasets`) and store it under ``out_dir``."""
-    from bioplaus.datasets import load_dataset
-
+    """Load dataset ``name`` (see :mod:`bioplaus.data.loading`) and store it under ``out_dir``."""
     X, y = load_dataset(name, data_dir=data_dir, max_samples=max_samples, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
