@@ -155,7 +155,7 @@ def _study_table():
 
 @pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared not available")
 def test_summarize_matches_reference_table():
-    from bioplaus.reference import load_reference_logs
+    from bioplaus.analysis.reference import load_reference_logs
 
     expected = _study_table()
     assert len(expected) == 9

@@ -10,8 +10,8 @@ import pytest
 from matplotlib.colors import to_hex
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from bioplaus import plots
-from bioplaus.plots import (
+from bioplaus.analysis import figures
+from bioplaus.analysis.figures import (
     MODEL_COLORS,
     plot_importance,
     plot_learns_curves,
@@ -197,7 +197,7 @@ def test_rank_lowess_recovers_monotone_trend():
 
 @pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared not available")
 def test_robustness_from_reference_logs(tmp_path):
-    from bioplaus.reference import load_reference_logs
+    from bioplaus.analysis.reference import load_reference_logs
 
     saved = plot_robustness(load_reference_logs(SHARED / "reference"), tmp_path / "ref")
     _check_files(saved)
@@ -207,7 +207,7 @@ def test_robustness_from_reference_logs(tmp_path):
 
 
 def test_model_labels_and_colours_are_fixed():
-    assert plots.model_label("segdend") == "Segregated-dendrite MLP"
-    assert plots.model_label("cnn") == "Backprop CNN"
-    assert plots.model_color("newmodel") == plots.model_color("newmodel")
-    assert plots.model_color("newmodel") not in MODEL_COLORS.values()
+    assert figures.model_label("segdend") == "Segregated-dendrite MLP"
+    assert figures.model_label("cnn") == "Backprop CNN"
+    assert figures.model_color("newmodel") == figures.model_color("newmodel")
+    assert figures.model_color("newmodel") not in MODEL_COLORS.values()

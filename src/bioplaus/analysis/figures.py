@@ -31,13 +31,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from bioplaus.analysis import (
-    LEARNS_MARGIN,
-    noise_table,
-    _prepare,
-    learns_curve,
-    valid_mask,
-)
+from bioplaus.analysis.loading import _prepare
+from bioplaus.analysis.statistics import LEARNS_MARGIN, learns_curve, noise_table, valid_mask
 
 MODEL_ORDER = ["mlp", "cnn", "segdend"]
 MODEL_LABELS = {
@@ -168,7 +163,7 @@ def plot_robustness(
     Row 1: accuracy of each valid trial in trial order (one line per model);
     row 2: histogram of those accuracies per model (fraction of trials per bin);
     row 3: box plots per model with every trial as a dot. ``reference`` (rows of
-    :func:`bioplaus.reference.load_reference_logs`) adds the 2019 study's
+    :func:`bioplaus.analysis.reference.load_reference_logs`) adds the 2019 study's
     distributions: dashed lines (row 1), dashed outlines (row 2) and hatched
     boxes beside ours (row 3). ``repeats`` (repeats.csv rows) adds, at the
     median of each of our boxes, an error bar of +-1 seed-to-seed standard
