@@ -105,6 +105,47 @@ def test_robustness_with_reference_and_repeats(tmp_path):
     assert any(line.get_linestyle() == "--" for line in saved.figure.axes[0].get_lines())
 
 
+def _many_models(models, datasets, n=6):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([
+        {"dataset": dataset, "model": model, "sampler": "gp", "number": number,
+         "state": "COMPLETE", "accuracy": float(rng.uniform(0.1, 1.0)), "chance": 0.1}
+        for dataset in datasets for model in models for number in range(n)
+    ])
+
+
+@pytest.mark.parametrize("n_datasets", [1, 3])
+def test_robustness_legend_columns_follow_the_models(tmp_path, n_datasets):
+    models = ["mlp", "cnn", "segdend", "feedback-alignment", "rule4"]  # the figure's order
+    datasets = ["mnist", "fashion", "cifar10"][:n_datasets]
+    figure = plot_robustness(_many_models(models, datasets), tmp_path / "many").figure
+    legend = figure.legends[0]
+    renderer = figure.canvas.get_renderer()
+    # several columns, all models where the width holds them, never wider than the figure
+    assert legend._ncols == (5 if n_datasets == 3 else 3)
+    assert legend.get_window_extent(renderer).width <= figure.bbox.width
+    # the models come first, row by row: the top row holds the first ncol models
+    texts = {t.get_text(): t.get_window_extent(renderer) for t in legend.get_texts()}
+    labels = [figures.model_label(m) for m in models]
+    top = [texts[label] for label in labels[: legend._ncols]]
+    assert max(b.y0 for b in top) - min(b.y0 for b in top) < 1.0
+    below = [b for label, b in texts.items() if label not in labels[: legend._ncols]]
+    assert below and all(b.y0 < top[0].y0 - 1.0 for b in below)
+    assert [b.x0 for b in top] == sorted(b.x0 for b in top)
+
+
+def test_robustness_legend_with_seven_models_fits_the_figure(tmp_path):
+    models = ["mlp", "cnn", "segdend"] + [f"rule{i}" for i in range(4)]
+    for datasets in (["mnist"], ["mnist", "cifar10"]):
+        trials = _many_models(models, datasets)
+        repeats = trials.assign(source="default", repeat=trials["number"])
+        figure = plot_robustness(trials, tmp_path / "seven", repeats=repeats,
+                                 reference=trials.assign(source="2019")).figure
+        legend = figure.legends[0]
+        assert legend.get_window_extent(figure.canvas.get_renderer()).width <= figure.bbox.width
+        assert len(legend.get_texts()) == 7 + 4  # models, ours, 2019, seed noise, chance
+
+
 def test_robustness_refuses_empty_selection(tmp_path):
     with pytest.raises(ValueError, match="sampler 'tpe'"):
         plot_robustness(_synthetic_trials(), tmp_path / "x", sampler="tpe")

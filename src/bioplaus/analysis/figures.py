@@ -138,6 +138,39 @@ def _source_label(frame: pd.DataFrame, default: str = "ours") -> str:
     return "2019 study" if sources == {"2019"} else default
 
 
+def _legend_columns(figure: Figure, labels: list[str], n_models: int, fontsize: float) -> int:
+    """Columns of a figure legend whose first row holds the models, as many as fit.
+
+    Up to ``n_models`` columns (one per model, so the models' colours read as one
+    row), fewer when the entries, laid out row by row (:func:`_row_major`), would
+    be wider than the figure: widths are the rendered label widths plus the
+    handle, the padding and the column spacing of matplotlib's legend settings.
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    renderer = figure.canvas.get_renderer()
+    prop = FontProperties(size=fontsize)
+    em = fontsize / 72.0  # inches
+    text = [renderer.get_text_width_height_descent(label, prop, ismath=False)[0] / figure.dpi
+            for label in labels]
+    item = (rcParams["legend.handlelength"] + rcParams["legend.handletextpad"]) * em
+    spacing = rcParams["legend.columnspacing"] * em
+    padding = 2 * (rcParams["legend.borderpad"] + rcParams["legend.borderaxespad"]) * em
+    room = figure.get_figwidth() - padding
+    for ncol in range(max(1, min(n_models, len(labels))), 1, -1):
+        widths = [max(text[j::ncol]) + item for j in range(ncol)]
+        if sum(widths) + spacing * (ncol - 1) <= room:
+            return ncol
+    return 1
+
+
+def _row_major(entries: list, ncol: int) -> list:
+    """``entries`` reordered so that matplotlib's legend, which fills column by column
+    (the first ``len % ncol`` columns one entry longer), shows them row by row."""
+    return [entry for j in range(ncol) for entry in entries[j::ncol]]
+
+
 def _wrapped(label: str, width: int = 14) -> str:
     return "\n".join(textwrap.wrap(label, width)) or label
 
@@ -224,7 +257,7 @@ def plot_robustness(
             color = model_color(model)
             pairs = [(ours_d, False)] + ([(ref_d, True)] if has_ref else [])
             offsets = [-0.2, 0.2] if has_ref else [0.0]
-            width = 0.34 if has_ref else 0.55
+            box_width = 0.34 if has_ref else 0.55
             drawn = False
             for (frame, hatched), offset in zip(pairs, offsets):
                 acc = frame.loc[frame["model"] == model, "accuracy"].to_numpy(dtype=float)
@@ -233,7 +266,7 @@ def plot_robustness(
                 drawn = True
                 position = index + offset
                 box = box_ax.boxplot(
-                    acc, positions=[position], widths=width, patch_artist=True,
+                    acc, positions=[position], widths=box_width, patch_artist=True,
                     showfliers=False, medianprops={"color": "black", "linewidth": 1.5},
                 )
                 patch = box["boxes"][0]
@@ -241,7 +274,7 @@ def plot_robustness(
                     patch.set(facecolor="white", edgecolor=color, hatch="///", linewidth=1.2)
                 else:
                     patch.set(facecolor=color, alpha=0.45, edgecolor=color)
-                jitter = rng.uniform(-width / 4, width / 4, len(acc))
+                jitter = rng.uniform(-box_width / 4, box_width / 4, len(acc))
                 box_ax.scatter(position + jitter, acc, s=7, color=color, alpha=0.6,
                                linewidths=0, zorder=3)
                 if not hatched and noise is not None:
@@ -249,7 +282,7 @@ def plot_robustness(
                     if len(match) and np.isfinite(match["noise_sd"].iloc[0]):
                         # just left of the box, at the height of its median
                         noise_handle = box_ax.errorbar(
-                            position - width / 2 - 0.06, np.median(acc),
+                            position - box_width / 2 - 0.06, np.median(acc),
                             yerr=match["noise_sd"].iloc[0], color="black", marker="o",
                             markersize=3, capsize=3, linewidth=1.5, capthick=1.5, zorder=4,
                         )
@@ -284,9 +317,10 @@ def plot_robustness(
         noise_handle.set_label("median ±1 SD over refits of one setting (seed noise)")
         handles.append(noise_handle)
     handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
-    # legend labels are up to ~3.5 inches long at this size: fit as many columns as the width holds
-    figure.legend(handles=handles, loc="outside lower center",
-                  ncol=max(1, min(len(handles), int(width / 3.6))), fontsize=9, frameon=False)
+    # one column per model (the models fill the first row), as many as the figure's width holds
+    ncol = _legend_columns(figure, [h.get_label() for h in handles], len(models), fontsize=9)
+    figure.legend(handles=_row_major(handles, ncol), loc="outside lower center",
+                  ncol=ncol, fontsize=9, frameon=False)
     figure.suptitle(_title_for(
         figure,
         "Robustness to hyperparameters: 3-fold cross-validated test accuracy of every "
