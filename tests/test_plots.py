@@ -248,7 +248,31 @@ def test_robustness_from_reference_logs(tmp_path):
 
 
 def test_model_labels_and_colours_are_fixed():
+    from bioplaus.models import get_model
+
+    for model in ("mlp", "cnn", "segdend"):
+        assert figures.model_label(model) == get_model(model).label
     assert figures.model_label("segdend") == "Segregated-dendrite MLP"
     assert figures.model_label("cnn") == "Backprop CNN"
+    assert figures.model_label("comp_dnn") == "comp_dnn"  # unknown to the registry: its name
     assert figures.model_color("newmodel") == figures.model_color("newmodel")
     assert figures.model_color("newmodel") not in MODEL_COLORS.values()
+
+
+def test_labels_come_from_the_registries(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bioplaus.datasets import DATASETS
+    from bioplaus.models import get_model, registry
+
+    spec = dataclasses.replace(get_model("mlp"), name="hebbian", label="Hebbian network")
+    monkeypatch.setitem(registry._REGISTERED, "hebbian", spec)
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], label="MNIST digits"))
+    assert figures.model_label("hebbian") == "Hebbian network"
+    assert figures.dataset_label("mnist") == "MNIST digits"
+    assert figures.dataset_label("svhn") == "svhn"  # unknown to the registry: its name
+    trials = _many_models(["mlp", "hebbian"], ["mnist", "svhn"])
+    figure = plot_robustness(trials, tmp_path / "labels").figure
+    axes = np.array(figure.axes).reshape(3, 2)
+    assert [ax.get_title() for ax in axes[0]] == ["MNIST digits", "svhn"]
+    assert "Hebbian network" in _legend_texts(figure)

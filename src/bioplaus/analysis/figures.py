@@ -4,7 +4,8 @@ Every ``plot_*`` function draws one figure, writes ``<stem>.png`` (150 dpi) and
 ``<stem>.pdf`` (parent folders created) and returns a :class:`SavedFigure`
 (``png, pdf = plot_...(...)`` unpacks the two paths; ``.figure`` is the
 matplotlib Figure for inspection). Models keep one colour and label in every
-figure (:data:`MODEL_COLORS`, :data:`MODEL_LABELS`); accuracy axes run from
+figure (:data:`MODEL_COLORS`; labels from the model and dataset registries, see
+:func:`model_label`, :func:`dataset_label`); accuracy axes run from
 chance (or the lowest accuracy, if below) to 1. Accuracies are fractions of
 test images classified correctly, averaged over the cross-validation folds.
 """
@@ -33,24 +34,14 @@ from optuna.distributions import (
 
 from bioplaus.analysis.loading import _prepare
 from bioplaus.analysis.statistics import LEARNS_MARGIN, learns_curve, noise_table, valid_mask
+from bioplaus.errors import ConfigError
+from bioplaus.models import get_model
 
 MODEL_ORDER = ["mlp", "cnn", "segdend"]
-MODEL_LABELS = {
-    "mlp": "Backprop MLP",
-    "cnn": "Backprop CNN",
-    "segdend": "Segregated-dendrite MLP",
-}
 #: Okabe-Ito colour-blind-safe palette; the same model has the same colour everywhere.
 MODEL_COLORS = {"mlp": "#0072B2", "cnn": "#009E73", "segdend": "#D55E00"}
 _EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 DATASET_ORDER = ["mnist", "fashion", "cifar10", "mnist-5k", "digits"]
-DATASET_LABELS = {
-    "mnist": "MNIST",
-    "fashion": "Fashion-MNIST",
-    "cifar10": "CIFAR-10",
-    "mnist-5k": "MNIST (5k subset)",
-    "digits": "Digits (8x8)",
-}
 SAMPLER_LABELS = {"gp": "Gaussian-process", "tpe": "TPE", "random": "uniformly random"}
 ACCURACY_LABEL = "CV test accuracy"
 _PNG_DPI = 150
@@ -79,8 +70,12 @@ class SavedFigure:
 
 # ----------------------------------------------------------------------------- helpers
 def model_label(model: str) -> str:
-    """Human-readable model name (the registry name when unknown)."""
-    return MODEL_LABELS.get(model, model)
+    """The model registry's label of ``model`` (``ModelSpec.label``); the name itself
+    for a model the registry does not know (e.g. one only in the 2019 logs)."""
+    try:
+        return get_model(model).label
+    except ConfigError:
+        return model
 
 
 def model_color(model: str) -> str:
@@ -91,7 +86,17 @@ def model_color(model: str) -> str:
 
 
 def dataset_label(dataset: str) -> str:
-    return DATASET_LABELS.get(dataset, dataset)
+    """The dataset registry's label of ``dataset``; the name itself when unknown.
+
+    The one place the analysis reads the data layer (imported here, when a label
+    is drawn, so that the analysis does not load the data layer otherwise).
+    """
+    from bioplaus.datasets import dataset_info
+
+    try:
+        return dataset_info(dataset).label
+    except ConfigError:
+        return dataset
 
 
 def _ordered(values, order) -> list[str]:
