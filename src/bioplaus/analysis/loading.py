@@ -23,12 +23,7 @@ BASE_COLUMNS = [
     "fit_seconds", "duration_seconds", "diverged", "timed_out", "invalid", "message",
     "seed", "n_classes", "chance",
 ]
-REPEAT_COLUMNS = [
-    "dataset", "model", "source", "repeat", "seed", "accuracy", "fit_seconds",
-    "diverged", "timed_out", "invalid", "message", "chance",
-]
 FLAG_COLUMNS = ["diverged", "timed_out", "invalid"]
-_PATTERN_PREFIXES = ("accuracy_fold_", "fit_seconds_fold_", "param_")
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
 

@@ -43,7 +43,6 @@ NEAR_BEST_MARGIN = 0.05
 #: tolerance of the threshold comparisons, so that e.g. 0.12 counts as 0.1 + 0.02 exactly
 THRESHOLD_TOLERANCE = 1e-9
 
-SAMPLERS = ("gp", "tpe", "random")
 GROUP_COLUMNS = ["dataset", "model", "sampler", "source"]
 
 
