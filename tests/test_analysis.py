@@ -214,6 +214,18 @@ def test_importance_ranks_planted_parameter_first():
         assert set(group["param"]) == set(space)
 
 
+def test_importance_leaves_optuna_logging_alone(monkeypatch):
+    import optuna
+
+    trials, space = _random_space_trials(20)
+    before = optuna.logging.get_verbosity()
+    calls = []
+    monkeypatch.setattr(optuna.logging, "set_verbosity", calls.append)
+    importance(trials, space, seed=0)
+    assert calls == []  # library code does not change global logging state
+    assert optuna.logging.get_verbosity() == before
+
+
 def test_importance_refuses_optimiser_trials_and_tiny_samples():
     trials, space = _random_space_trials(12)
     with pytest.raises(ValueError, match="random"):

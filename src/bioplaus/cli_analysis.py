@@ -70,8 +70,10 @@ def cmd_importance(args) -> None:
     from bioplaus.analysis import figures
     from bioplaus.analysis import importance, load_trials
 
+    import optuna
     import pandas as pd
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per model
     trials = load_trials(args.trials)
     stem = _stem(args.out_figure)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -117,12 +117,8 @@ def importance(
         if missing:
             raise ValueError(f"trials of {model} on {dataset} lack column(s) "
                              + ", ".join(f"param_{n}" for n in missing))
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            study = optuna.create_study(direction="maximize")
-        finally:
-            optuna.logging.set_verbosity(verbosity)
+        # optuna's logging is left as the caller set it (the CLI quiets it)
+        study = optuna.create_study(direction="maximize")
         built = []
         for _, row in group.iterrows():
             params = {
