@@ -306,3 +306,33 @@ def test_definitions_are_module_constants():
         0.02, 0.10, 0.05)
     assert analysis.at_chance([0.119, 0.12], 0.1).tolist() == [True, False]
     assert analysis.learns([0.199, 0.2], 0.1).tolist() == [False, True]
+
+
+# ----------------------------------------------------------------------------- command line
+ANALYSIS_COMMANDS = {"summarize", "figure", "importance", "sensitivity", "compare"}
+
+
+def _subcommands(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def test_cli_has_the_analysis_commands():
+    from bioplaus.cli import build_parser
+
+    assert ANALYSIS_COMMANDS <= _subcommands(build_parser())
+
+
+def test_cli_fails_loudly_when_the_analysis_commands_cannot_be_imported(monkeypatch):
+    import sys
+
+    import bioplaus
+    from bioplaus.cli import build_parser
+
+    # make ``from bioplaus import cli_analysis`` fail as a broken module would
+    monkeypatch.delattr(bioplaus, "cli_analysis", raising=False)
+    monkeypatch.setitem(sys.modules, "bioplaus.cli_analysis", None)
+    with pytest.raises(ImportError, match="cli_analysis"):
+        build_parser()
