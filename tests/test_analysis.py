@@ -336,3 +336,16 @@ def test_cli_fails_loudly_when_the_analysis_commands_cannot_be_imported(monkeypa
     monkeypatch.setitem(sys.modules, "bioplaus.cli_analysis", None)
     with pytest.raises(ImportError, match="cli_analysis"):
         build_parser()
+
+
+def test_analysis_package_does_not_import_the_study_layer_or_the_cli():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bioplaus.analysis, bioplaus.analysis.figures, bioplaus.analysis.reference\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('bioplaus.study', 'bioplaus.cli')))\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
