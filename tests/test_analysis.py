@@ -155,7 +155,7 @@ def _study_table():
 
 @pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared not available")
 def test_summarize_matches_reference_table():
-    from bioplaus.reference import load_reference_logs
+    from bioplaus.analysis.reference import load_reference_logs
 
     expected = _study_table()
     assert len(expected) == 9
@@ -212,6 +212,18 @@ def test_importance_ranks_planted_parameter_first():
         assert ranked["importance"].iloc[0] > 0.5
         assert group["importance"].sum() == pytest.approx(1.0)
         assert set(group["param"]) == set(space)
+
+
+def test_importance_leaves_optuna_logging_alone(monkeypatch):
+    import optuna
+
+    trials, space = _random_space_trials(20)
+    before = optuna.logging.get_verbosity()
+    calls = []
+    monkeypatch.setattr(optuna.logging, "set_verbosity", calls.append)
+    importance(trials, space, seed=0)
+    assert calls == []  # library code does not change global logging state
+    assert optuna.logging.get_verbosity() == before
 
 
 def test_importance_refuses_optimiser_trials_and_tiny_samples():
@@ -294,3 +306,46 @@ def test_definitions_are_module_constants():
         0.02, 0.10, 0.05)
     assert analysis.at_chance([0.119, 0.12], 0.1).tolist() == [True, False]
     assert analysis.learns([0.199, 0.2], 0.1).tolist() == [False, True]
+
+
+# ----------------------------------------------------------------------------- command line
+ANALYSIS_COMMANDS = {"summarize", "figure", "importance", "sensitivity", "compare"}
+
+
+def _subcommands(parser):
+    import argparse
+
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
+
+
+def test_cli_has_the_analysis_commands():
+    from bioplaus.cli import build_parser
+
+    assert ANALYSIS_COMMANDS <= _subcommands(build_parser())
+
+
+def test_cli_fails_loudly_when_the_analysis_commands_cannot_be_imported(monkeypatch):
+    import sys
+
+    import bioplaus
+    from bioplaus.cli import build_parser
+
+    # make ``from bioplaus import cli_analysis`` fail as a broken module would
+    monkeypatch.delattr(bioplaus, "cli_analysis", raising=False)
+    monkeypatch.setitem(sys.modules, "bioplaus.cli_analysis", None)
+    with pytest.raises(ImportError, match="cli_analysis"):
+        build_parser()
+
+
+def test_analysis_package_does_not_import_the_study_layer_or_the_cli():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bioplaus.analysis, bioplaus.analysis.figures, bioplaus.analysis.reference\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('bioplaus.study', 'bioplaus.cli')))\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""

@@ -10,8 +10,8 @@ import pytest
 from matplotlib.colors import to_hex
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from bioplaus import plots
-from bioplaus.plots import (
+from bioplaus.analysis import figures
+from bioplaus.analysis.figures import (
     MODEL_COLORS,
     plot_importance,
     plot_learns_curves,
@@ -103,6 +103,47 @@ def test_robustness_with_reference_and_repeats(tmp_path):
     assert segments[1][1] - segments[0][1] == pytest.approx(0.2)
     # 2019 trials drawn dashed in row 1
     assert any(line.get_linestyle() == "--" for line in saved.figure.axes[0].get_lines())
+
+
+def _many_models(models, datasets, n=6):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame([
+        {"dataset": dataset, "model": model, "sampler": "gp", "number": number,
+         "state": "COMPLETE", "accuracy": float(rng.uniform(0.1, 1.0)), "chance": 0.1}
+        for dataset in datasets for model in models for number in range(n)
+    ])
+
+
+@pytest.mark.parametrize("n_datasets", [1, 3])
+def test_robustness_legend_columns_follow_the_models(tmp_path, n_datasets):
+    models = ["mlp", "cnn", "segdend", "feedback-alignment", "rule4"]  # the figure's order
+    datasets = ["mnist", "fashion", "cifar10"][:n_datasets]
+    figure = plot_robustness(_many_models(models, datasets), tmp_path / "many").figure
+    legend = figure.legends[0]
+    renderer = figure.canvas.get_renderer()
+    # several columns, all models where the width holds them, never wider than the figure
+    assert legend._ncols == (5 if n_datasets == 3 else 3)
+    assert legend.get_window_extent(renderer).width <= figure.bbox.width
+    # the models come first, row by row: the top row holds the first ncol models
+    texts = {t.get_text(): t.get_window_extent(renderer) for t in legend.get_texts()}
+    labels = [figures.model_label(m) for m in models]
+    top = [texts[label] for label in labels[: legend._ncols]]
+    assert max(b.y0 for b in top) - min(b.y0 for b in top) < 1.0
+    below = [b for label, b in texts.items() if label not in labels[: legend._ncols]]
+    assert below and all(b.y0 < top[0].y0 - 1.0 for b in below)
+    assert [b.x0 for b in top] == sorted(b.x0 for b in top)
+
+
+def test_robustness_legend_with_seven_models_fits_the_figure(tmp_path):
+    models = ["mlp", "cnn", "segdend"] + [f"rule{i}" for i in range(4)]
+    for datasets in (["mnist"], ["mnist", "cifar10"]):
+        trials = _many_models(models, datasets)
+        repeats = trials.assign(source="default", repeat=trials["number"])
+        figure = plot_robustness(trials, tmp_path / "seven", repeats=repeats,
+                                 reference=trials.assign(source="2019")).figure
+        legend = figure.legends[0]
+        assert legend.get_window_extent(figure.canvas.get_renderer()).width <= figure.bbox.width
+        assert len(legend.get_texts()) == 7 + 4  # models, ours, 2019, seed noise, chance
 
 
 def test_robustness_refuses_empty_selection(tmp_path):
@@ -197,7 +238,7 @@ def test_rank_lowess_recovers_monotone_trend():
 
 @pytest.mark.skipif(not (SHARED / "reference").is_dir(), reason="../shared not available")
 def test_robustness_from_reference_logs(tmp_path):
-    from bioplaus.reference import load_reference_logs
+    from bioplaus.analysis.reference import load_reference_logs
 
     saved = plot_robustness(load_reference_logs(SHARED / "reference"), tmp_path / "ref")
     _check_files(saved)
@@ -207,7 +248,31 @@ def test_robustness_from_reference_logs(tmp_path):
 
 
 def test_model_labels_and_colours_are_fixed():
-    assert plots.model_label("segdend") == "Segregated-dendrite MLP"
-    assert plots.model_label("cnn") == "Backprop CNN"
-    assert plots.model_color("newmodel") == plots.model_color("newmodel")
-    assert plots.model_color("newmodel") not in MODEL_COLORS.values()
+    from bioplaus.models import get_model
+
+    for model in ("mlp", "cnn", "segdend"):
+        assert figures.model_label(model) == get_model(model).label
+    assert figures.model_label("segdend") == "Segregated-dendrite MLP"
+    assert figures.model_label("cnn") == "Backprop CNN"
+    assert figures.model_label("comp_dnn") == "comp_dnn"  # unknown to the registry: its name
+    assert figures.model_color("newmodel") == figures.model_color("newmodel")
+    assert figures.model_color("newmodel") not in MODEL_COLORS.values()
+
+
+def test_labels_come_from_the_registries(tmp_path, monkeypatch):
+    import dataclasses
+
+    from bioplaus.datasets import DATASETS
+    from bioplaus.models import get_model, registry
+
+    spec = dataclasses.replace(get_model("mlp"), name="hebbian", label="Hebbian network")
+    monkeypatch.setitem(registry._REGISTERED, "hebbian", spec)
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], label="MNIST digits"))
+    assert figures.model_label("hebbian") == "Hebbian network"
+    assert figures.dataset_label("mnist") == "MNIST digits"
+    assert figures.dataset_label("svhn") == "svhn"  # unknown to the registry: its name
+    trials = _many_models(["mlp", "hebbian"], ["mnist", "svhn"])
+    figure = plot_robustness(trials, tmp_path / "labels").figure
+    axes = np.array(figure.axes).reshape(3, 2)
+    assert [ax.get_title() for ax in axes[0]] == ["MNIST digits", "svhn"]
+    assert "Hebbian network" in _legend_texts(figure)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bioplaus.reference import ReferenceLogError, load_reference_logs, read_reference_log
+from bioplaus.analysis.reference import ReferenceLogError, load_reference_logs, read_reference_log
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"

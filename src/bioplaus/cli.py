@@ -202,12 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--best", nargs="*", help="SAMPLER=path/to/best.json")
     s.set_defaults(func=cmd_repeats)
 
-    try:
-        from bioplaus import cli_analysis
-    except ImportError:  # analysis layer not available
-        cli_analysis = None
-    if cli_analysis is not None:
-        cli_analysis.add_commands(sub)
+    from bioplaus import cli_analysis  # unconditional: a broken import must fail, not hide commands
+
+    cli_analysis.add_commands(sub)
     return p
 
 

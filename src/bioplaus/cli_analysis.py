@@ -18,7 +18,7 @@ def _frames(args):
         repeats = load_trials(args.repeats)  # same reader: flags parsed as booleans
     reference = None
     if getattr(args, "reference", None):
-        from bioplaus.reference import load_reference_logs
+        from bioplaus.analysis.reference import load_reference_logs
 
         reference = load_reference_logs(args.reference)
     return trials, repeats, reference
@@ -44,7 +44,7 @@ def cmd_summarize(args) -> None:
 
 
 def cmd_figure(args) -> None:
-    from bioplaus import plots
+    from bioplaus.analysis import figures
 
     trials, repeats, reference = _frames(args)
     stem = _stem(args.out)
@@ -52,9 +52,9 @@ def cmd_figure(args) -> None:
     if args.kind == "robustness":
         samplers = list(dict.fromkeys(trials["sampler"]))
         sampler = args.sampler or ("gp" if "gp" in samplers else samplers[0])
-        paths = plots.plot_robustness(trials, stem, reference=reference, repeats=repeats, sampler=sampler)
+        paths = figures.plot_robustness(trials, stem, reference=reference, repeats=repeats, sampler=sampler)
     elif args.kind == "learns":
-        paths = plots.plot_learns_curves(trials, stem)
+        paths = figures.plot_learns_curves(trials, stem)
     else:  # pragma: no cover - argparse restricts choices
         raise ConfigError(f"unknown figure {args.kind}")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -67,11 +67,13 @@ def _space(model: str, options: str):
 
 
 def cmd_importance(args) -> None:
-    from bioplaus import plots
+    from bioplaus.analysis import figures
     from bioplaus.analysis import importance, load_trials
 
+    import optuna
     import pandas as pd
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per model
     trials = load_trials(args.trials)
     stem = _stem(args.out_figure)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +88,7 @@ def cmd_importance(args) -> None:
         print(f"importance not computed: {reason}", file=sys.stderr)
         return
     table.to_csv(args.out_csv, index=False)
-    plots.plot_importance(table, stem)
+    figures.plot_importance(table, stem)
     print(f"wrote {args.out_csv} and {stem}.png/.pdf", file=sys.stderr)
 
 
@@ -112,13 +114,13 @@ def _notice_figure(stem: Path, text: str) -> None:
 
 
 def cmd_sensitivity(args) -> None:
-    from bioplaus import plots
+    from bioplaus.analysis import figures
     from bioplaus.analysis import load_trials
 
     trials = load_trials(args.trials)
     stem = _stem(args.out)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    plots.plot_sensitivity(trials, _space(args.model, args.options), stem)
+    figures.plot_sensitivity(trials, _space(args.model, args.options), stem)
     print(f"wrote {stem}.png/.pdf", file=sys.stderr)
 
 

@@ -1,8 +1,14 @@
-"""Tables and statistics over the optimisation trials.
+"""Robustness metrics and tables over the optimisation trials.
+
+Owns the definitions of the robustness metrics below (every function of the
+package uses these constants), the per-study table (:func:`summarize`), the
+seed-noise table (:func:`noise_table`), the "learns" curves
+(:func:`learns_curve`) and the model comparison with Mann-Whitney U and
+bootstrap confidence intervals (:func:`compare`).
 
 Input rows have the columns of ``results/<dataset>/<model>/<sampler>/trials.csv``
-(one row per optuna trial; see :data:`BASE_COLUMNS`) and, for the noise floor,
-of ``results/<dataset>/<model>/repeats.csv``. Accuracies are fractions in [0, 1]
+(one row per optuna trial; see :data:`bioplaus.analysis.loading.BASE_COLUMNS`) and,
+for the noise floor, of ``results/<dataset>/<model>/repeats.csv``. Accuracies are fractions in [0, 1]
 (mean 3-fold cross-validated test accuracy); times are seconds.
 
 Definitions (the README quotes them; every function here uses these constants):
@@ -21,19 +27,12 @@ Definitions (the README quotes them; every function here uses these constants):
 
 from __future__ import annotations
 
-import math
-import warnings
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+
+from bioplaus.analysis.loading import _prepare
 
 #: accuracy < chance + AT_CHANCE_MARGIN counts as "at chance".
 AT_CHANCE_MARGIN = 0.02
@@ -43,154 +42,11 @@ LEARNS_MARGIN = 0.10
 NEAR_BEST_MARGIN = 0.05
 #: tolerance of the threshold comparisons, so that e.g. 0.12 counts as 0.1 + 0.02 exactly
 THRESHOLD_TOLERANCE = 1e-9
-#: fewest valid random-sampler trials :func:`importance` accepts per (dataset, model).
-MIN_IMPORTANCE_TRIALS = 10
 
-SAMPLERS = ("gp", "tpe", "random")
 GROUP_COLUMNS = ["dataset", "model", "sampler", "source"]
-#: Fixed columns of trials.csv (plus accuracy_fold_*, fit_seconds_fold_*, param_*).
-BASE_COLUMNS = [
-    "dataset", "model", "sampler", "source", "number", "state", "value", "accuracy",
-    "fit_seconds", "duration_seconds", "diverged", "timed_out", "invalid", "message",
-    "seed", "n_classes", "chance",
-]
-REPEAT_COLUMNS = [
-    "dataset", "model", "source", "repeat", "seed", "accuracy", "fit_seconds",
-    "diverged", "timed_out", "invalid", "message", "chance",
-]
-FLAG_COLUMNS = ["diverged", "timed_out", "invalid"]
-_PATTERN_PREFIXES = ("accuracy_fold_", "fit_seconds_fold_", "param_")
-_TRUE = {"true", "1", "1.0", "yes", "t", "y"}
-_FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
 
 
-# ----------------------------------------------------------------------------- loading
-def _to_bool(column: pd.Series, *, name: str, missing: bool | None = False) -> pd.Series:
-    """Booleans from bools/0-1 numbers/CSV strings; ``missing`` fills NaN (None keeps NA)."""
-    if column.dtype == bool:
-        return column
-
-    def convert(value):
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-            return missing if missing is not None else pd.NA
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False if text else (missing if missing is not None else pd.NA)
-        raise ValueError(f"column {name!r}: cannot read {value!r} as a boolean")
-
-    converted = column.map(convert)
-    if converted.isna().any():
-        return converted.astype("boolean")
-    return converted.astype(bool)
-
-
-def _looks_boolean(column: pd.Series) -> bool:
-    if column.dtype == bool or str(column.dtype) == "boolean":
-        return True
-    if column.dtype.kind in "iuf" or column.dropna().empty:
-        return False
-    values = {str(v).strip().lower() for v in column.dropna().unique()}
-    return values <= {"true", "false"}
-
-
-def _tidy(
-    frame: pd.DataFrame, *, default_source: str = "ours", boolean_params: Iterable[str] = ()
-) -> pd.DataFrame:
-    """Known columns only, in a fixed order, with fixed dtypes (does not modify ``frame``).
-
-    ``boolean_params``: param columns known to be boolean (e.g. from one file)
-    even if concatenation turned them into floats/objects.
-    """
-    boolean_params = set(boolean_params)
-    frame = frame.copy()
-    if "source" not in frame.columns:
-        frame["source"] = default_source
-    if "chance" not in frame.columns and "n_classes" in frame.columns:
-        frame["chance"] = 1.0 / frame["n_classes"].astype(float)
-    for flag in FLAG_COLUMNS:
-        if flag in frame.columns:
-            frame[flag] = _to_bool(frame[flag], name=flag, missing=False)
-        else:
-            frame[flag] = False
-    if "message" in frame.columns:
-        frame["message"] = frame["message"].map(lambda v: "" if pd.isna(v) else str(v)).astype(str)
-    for column in ("accuracy", "value", "fit_seconds", "duration_seconds", "chance"):
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
-    for column in frame.columns:
-        if column.startswith("param_") and (
-            column in boolean_params or _looks_boolean(frame[column])
-        ):
-            frame[column] = _to_bool(frame[column], name=column, missing=None)
-    base = [c for c in BASE_COLUMNS + ["repeat"] if c in frame.columns]
-    folds = sorted(
-        (c for c in frame.columns if c.startswith(("accuracy_fold_", "fit_seconds_fold_"))),
-        key=lambda c: (c.startswith("fit"), int(c.rsplit("_", 1)[1]) if c[-1].isdigit() else 0),
-    )
-    params = sorted(c for c in frame.columns if c.startswith("param_"))
-    return frame[base + folds + params]
-
-
-def load_trials(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate ``trials.csv`` (or ``repeats.csv``) files into one tidy DataFrame.
-
-    Keeps the known columns (:data:`BASE_COLUMNS`, ``repeat``, ``accuracy_fold_*``,
-    ``fit_seconds_fold_*``, ``param_*``) in a fixed order and drops the rest;
-    ``diverged``/``timed_out``/``invalid`` become bool (CSV strings ``True``/``False``,
-    blanks are False), boolean-looking ``param_*`` columns become bool (nullable
-    when a model lacks that parameter), ``message`` blanks become ``""`` and a
-    missing ``source`` column is filled with ``"ours"``. Raises ``ValueError``
-    naming the file when a file lacks ``dataset``, ``model`` or ``accuracy``;
-    ``FileNotFoundError`` for a missing path.
-    """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    frames = []
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"trials file {path} does not exist")
-        frame = pd.read_csv(path, keep_default_na=True)
-        missing = [c for c in ("dataset", "model", "accuracy") if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        frames.append(frame)
-    if not frames:
-        raise ValueError("load_trials: no paths given")
-    boolean_params = {
-        column for frame in frames for column in frame.columns
-        if column.startswith("param_") and not frame[column].dropna().empty
-        and _looks_boolean(frame[column])
-    }
-    return _tidy(pd.concat(frames, ignore_index=True, sort=False), boolean_params=boolean_params)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
-    """Copy with ``source``/``sampler``/``state``/``chance``/flags filled in."""
-    frame = trials.copy()
-    if "source" not in frame.columns:
-        frame["source"] = "ours"
-    frame["source"] = frame["source"].fillna("ours")
-    if "sampler" not in frame.columns:
-        frame["sampler"] = ""
-    if "state" not in frame.columns:
-        frame["state"] = "COMPLETE"
-    if "chance" not in frame.columns:
-        if "n_classes" not in frame.columns:
-            raise ValueError("trials need a 'chance' or an 'n_classes' column")
-        frame["chance"] = 1.0 / frame["n_classes"].astype(float)
-    for flag in FLAG_COLUMNS:
-        frame[flag] = _to_bool(frame[flag], name=flag) if flag in frame.columns else False
-    frame["accuracy"] = pd.to_numeric(frame["accuracy"], errors="coerce").astype(np.float64)
-    frame["chance"] = frame["chance"].astype(np.float64)
-    return frame
-
-
+# ----------------------------------------------------------------------------- definitions
 def valid_mask(trials: pd.DataFrame) -> pd.Series:
     """True for valid trials: COMPLETE, not invalid, finite accuracy."""
     frame = _prepare(trials)
@@ -252,12 +108,13 @@ def noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+
 # ----------------------------------------------------------------------------- summarize
 def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (dataset, model, sampler, source) of accuracy-distribution statistics.
 
     ``source`` is ``ours`` for pipeline rows, ``2019`` for reference rows
-    (:func:`bioplaus.reference.load_reference_logs`). Columns:
+    (:func:`bioplaus.analysis.reference.load_reference_logs`). Columns:
 
     * ``n``: valid trials (COMPLETE, not invalid, finite accuracy); ``n_invalid``:
       COMPLETE trials flagged invalid; ``n_diverged``/``n_timed_out``: valid trials
@@ -355,141 +212,6 @@ def learns_curve(trials: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
             rows.append({**dict(zip(GROUP_COLUMNS, key)), "threshold": float(threshold),
                          "fraction": float(value), "n": len(acc)})
     return pd.DataFrame(rows, columns=GROUP_COLUMNS + ["threshold", "fraction", "n"])
-
-
-# ----------------------------------------------------------------------------- importance
-def _param_value(value: Any, distribution: BaseDistribution, name: str):
-    """A CSV cell converted to a point of ``distribution`` (ValueError when outside it)."""
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        raise ValueError(f"parameter {name!r} has a missing value")
-    if isinstance(distribution, CategoricalDistribution):
-        for choice in distribution.choices:
-            if value == choice or str(value).strip().lower() == str(choice).strip().lower():
-                return choice
-        raise ValueError(f"parameter {name!r}: {value!r} is not one of {distribution.choices}")
-    if isinstance(distribution, IntDistribution):
-        number = int(round(float(value)))
-    elif isinstance(distribution, FloatDistribution):
-        number = float(value)
-    else:
-        raise ValueError(f"parameter {name!r}: unsupported distribution {distribution!r}")
-    if not distribution._contains(distribution.to_internal_repr(number)):
-        raise ValueError(
-            f"parameter {name!r}: {number!r} lies outside [{distribution.low}, {distribution.high}]"
-        )
-    return number
-
-
-def _space_for(space, model: str) -> Mapping[str, BaseDistribution]:
-    if all(isinstance(v, BaseDistribution) for v in space.values()):
-        return space
-    if model not in space:
-        raise ValueError(f"no search space given for model {model!r}")
-    return space[model]
-
-
-def importance(
-    trials_random: pd.DataFrame,
-    space: Mapping[str, BaseDistribution] | Mapping[str, Mapping[str, BaseDistribution]],
-    *,
-    seed: int = 0,
-    min_trials: int = MIN_IMPORTANCE_TRIALS,
-) -> pd.DataFrame:
-    """Hyperparameter importance of each (dataset, model) from its random-sampler trials.
-
-    Only trials of the ``random`` sampler are accepted: they are a uniform
-    sample of the search space, whereas GP/TPE trials cluster where the
-    optimiser found high accuracy, which biases any importance estimate.
-    Rows of any other sampler raise ``ValueError``; so does a (dataset, model)
-    with fewer than ``min_trials`` valid trials. Invalid/failed trials are
-    excluded; accuracy is the objective (maximised).
-
-    ``space``: the model's search space (``{name: optuna distribution}``, as
-    ``get_model(model).search_space(options)``) or ``{model: space}`` for
-    frames holding several models. Each trial's ``param_<name>`` is converted to
-    a point of its distribution (CSV strings ``"True"`` match choice ``True``).
-
-    Returns columns ``dataset, model, param, evaluator, importance, n_trials``:
-    ``evaluator`` is ``fanova`` (``optuna.importance.FanovaImportanceEvaluator(seed=seed)``)
-    or ``ped_anova`` (``PedAnovaImportanceEvaluator()``: importance of reaching
-    the top 10% of accuracies); importances are normalised to sum to 1 per
-    evaluator (all 0 when accuracy does not vary). Sorted by evaluator, then
-    importance descending.
-    """
-    import optuna
-    from optuna.importance import (
-        FanovaImportanceEvaluator,
-        PedAnovaImportanceEvaluator,
-        get_param_importances,
-    )
-
-    columns = ["dataset", "model", "param", "evaluator", "importance", "n_trials"]
-    if len(trials_random) == 0:
-        raise ValueError("importance: no trials given")
-    frame = _prepare(trials_random)
-    samplers = sorted(set(frame["sampler"].astype(str)) - {"random"})
-    if samplers:
-        raise ValueError(
-            "importance needs the uniformly random sample of the search space "
-            f"(sampler 'random'); got trials of sampler(s) {samplers}: "
-            "optimiser-guided trials are concentrated where accuracy is high and bias importances"
-        )
-    frame = frame[valid_mask(frame)]
-    rows = []
-    for (dataset, model), group in frame.groupby(["dataset", "model"], sort=True):
-        model_space = dict(_space_for(space, model))
-        if len(group) < min_trials:
-            raise ValueError(
-                f"importance for {model} on {dataset}: {len(group)} valid random trials, "
-                f"need at least {min_trials}"
-            )
-        missing = [n for n in model_space if f"param_{n}" not in group.columns]
-        if missing:
-            raise ValueError(f"trials of {model} on {dataset} lack column(s) "
-                             + ", ".join(f"param_{n}" for n in missing))
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        try:
-            study = optuna.create_study(direction="maximize")
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-        built = []
-        for _, row in group.iterrows():
-            params = {
-                name: _param_value(row[f"param_{name}"], dist, name)
-                for name, dist in model_space.items()
-            }
-            built.append(optuna.trial.create_trial(
-                params=params, distributions=model_space, value=float(row["accuracy"])
-            ))
-        study.add_trials(built)
-        # parameters that cannot vary (single-valued distributions) carry no information
-        names = [n for n, d in model_space.items() if not d.single()]
-        if not names:
-            raise ValueError(f"importance for {model} on {dataset}: no parameter of the space varies")
-        evaluators = {
-            "fanova": FanovaImportanceEvaluator(seed=seed),
-            "ped_anova": PedAnovaImportanceEvaluator(),
-        }
-        constant = np.ptp(group["accuracy"].to_numpy(dtype=np.float64)) == 0
-        for label, evaluator in evaluators.items():
-            if constant:
-                scores = {n: 0.0 for n in names}
-            else:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    scores = get_param_importances(
-                        study, evaluator=evaluator, params=names, normalize=True
-                    )
-            for name in names:
-                rows.append({"dataset": dataset, "model": model, "param": name,
-                             "evaluator": label, "importance": float(scores.get(name, 0.0)),
-                             "n_trials": len(group)})
-    table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(
-        ["dataset", "model", "evaluator", "importance"], ascending=[True, True, True, False],
-        ignore_index=True,
-    )
 
 
 # ----------------------------------------------------------------------------- compare

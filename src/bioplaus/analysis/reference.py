@@ -12,7 +12,7 @@ wall time of that evaluation in seconds (0 for the first line of a log,
 where it is unknown: loaded as NaN).
 
 :func:`load_reference_logs` turns them into rows shaped like the pipeline's
-``trials.csv`` (see :mod:`bioplaus.analysis`), so the same tables and figures
+``trials.csv`` (see :mod:`bioplaus.analysis.loading`), so the same tables and figures
 can be drawn for the 2019 study and for ours.
 """
 

@@ -4,7 +4,8 @@ Every ``plot_*`` function draws one figure, writes ``<stem>.png`` (150 dpi) and
 ``<stem>.pdf`` (parent folders created) and returns a :class:`SavedFigure`
 (``png, pdf = plot_...(...)`` unpacks the two paths; ``.figure`` is the
 matplotlib Figure for inspection). Models keep one colour and label in every
-figure (:data:`MODEL_COLORS`, :data:`MODEL_LABELS`); accuracy axes run from
+figure (:data:`MODEL_COLORS`; labels from the model and dataset registries, see
+:func:`model_label`, :func:`dataset_label`); accuracy axes run from
 chance (or the lowest accuracy, if below) to 1. Accuracies are fractions of
 test images classified correctly, averaged over the cross-validation folds.
 """
@@ -31,31 +32,16 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from bioplaus.analysis import (
-    LEARNS_MARGIN,
-    noise_table,
-    _prepare,
-    learns_curve,
-    valid_mask,
-)
+from bioplaus.analysis.loading import _prepare
+from bioplaus.analysis.statistics import LEARNS_MARGIN, learns_curve, noise_table, valid_mask
+from bioplaus.errors import ConfigError
+from bioplaus.models import get_model
 
 MODEL_ORDER = ["mlp", "cnn", "segdend"]
-MODEL_LABELS = {
-    "mlp": "Backprop MLP",
-    "cnn": "Backprop CNN",
-    "segdend": "Segregated-dendrite MLP",
-}
 #: Okabe-Ito colour-blind-safe palette; the same model has the same colour everywhere.
 MODEL_COLORS = {"mlp": "#0072B2", "cnn": "#009E73", "segdend": "#D55E00"}
 _EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 DATASET_ORDER = ["mnist", "fashion", "cifar10", "mnist-5k", "digits"]
-DATASET_LABELS = {
-    "mnist": "MNIST",
-    "fashion": "Fashion-MNIST",
-    "cifar10": "CIFAR-10",
-    "mnist-5k": "MNIST (5k subset)",
-    "digits": "Digits (8x8)",
-}
 SAMPLER_LABELS = {"gp": "Gaussian-process", "tpe": "TPE", "random": "uniformly random"}
 ACCURACY_LABEL = "CV test accuracy"
 _PNG_DPI = 150
@@ -84,8 +70,12 @@ class SavedFigure:
 
 # ----------------------------------------------------------------------------- helpers
 def model_label(model: str) -> str:
-    """Human-readable model name (the registry name when unknown)."""
-    return MODEL_LABELS.get(model, model)
+    """The model registry's label of ``model`` (``ModelSpec.label``); the name itself
+    for a model the registry does not know (e.g. one only in the 2019 logs)."""
+    try:
+        return get_model(model).label
+    except ConfigError:
+        return model
 
 
 def model_color(model: str) -> str:
@@ -96,7 +86,17 @@ def model_color(model: str) -> str:
 
 
 def dataset_label(dataset: str) -> str:
-    return DATASET_LABELS.get(dataset, dataset)
+    """The dataset registry's label of ``dataset``; the name itself when unknown.
+
+    The one place the analysis reads the data layer (imported here, when a label
+    is drawn, so that the analysis does not load the data layer otherwise).
+    """
+    from bioplaus.datasets import dataset_info
+
+    try:
+        return dataset_info(dataset).label
+    except ConfigError:
+        return dataset
 
 
 def _ordered(values, order) -> list[str]:
@@ -143,6 +143,39 @@ def _source_label(frame: pd.DataFrame, default: str = "ours") -> str:
     return "2019 study" if sources == {"2019"} else default
 
 
+def _legend_columns(figure: Figure, labels: list[str], n_models: int, fontsize: float) -> int:
+    """Columns of a figure legend whose first row holds the models, as many as fit.
+
+    Up to ``n_models`` columns (one per model, so the models' colours read as one
+    row), fewer when the entries, laid out row by row (:func:`_row_major`), would
+    be wider than the figure: widths are the rendered label widths plus the
+    handle, the padding and the column spacing of matplotlib's legend settings.
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+
+    renderer = figure.canvas.get_renderer()
+    prop = FontProperties(size=fontsize)
+    em = fontsize / 72.0  # inches
+    text = [renderer.get_text_width_height_descent(label, prop, ismath=False)[0] / figure.dpi
+            for label in labels]
+    item = (rcParams["legend.handlelength"] + rcParams["legend.handletextpad"]) * em
+    spacing = rcParams["legend.columnspacing"] * em
+    padding = 2 * (rcParams["legend.borderpad"] + rcParams["legend.borderaxespad"]) * em
+    room = figure.get_figwidth() - padding
+    for ncol in range(max(1, min(n_models, len(labels))), 1, -1):
+        widths = [max(text[j::ncol]) + item for j in range(ncol)]
+        if sum(widths) + spacing * (ncol - 1) <= room:
+            return ncol
+    return 1
+
+
+def _row_major(entries: list, ncol: int) -> list:
+    """``entries`` reordered so that matplotlib's legend, which fills column by column
+    (the first ``len % ncol`` columns one entry longer), shows them row by row."""
+    return [entry for j in range(ncol) for entry in entries[j::ncol]]
+
+
 def _wrapped(label: str, width: int = 14) -> str:
     return "\n".join(textwrap.wrap(label, width)) or label
 
@@ -168,7 +201,7 @@ def plot_robustness(
     Row 1: accuracy of each valid trial in trial order (one line per model);
     row 2: histogram of those accuracies per model (fraction of trials per bin);
     row 3: box plots per model with every trial as a dot. ``reference`` (rows of
-    :func:`bioplaus.reference.load_reference_logs`) adds the 2019 study's
+    :func:`bioplaus.analysis.reference.load_reference_logs`) adds the 2019 study's
     distributions: dashed lines (row 1), dashed outlines (row 2) and hatched
     boxes beside ours (row 3). ``repeats`` (repeats.csv rows) adds, at the
     median of each of our boxes, an error bar of +-1 seed-to-seed standard
@@ -229,7 +262,7 @@ def plot_robustness(
             color = model_color(model)
             pairs = [(ours_d, False)] + ([(ref_d, True)] if has_ref else [])
             offsets = [-0.2, 0.2] if has_ref else [0.0]
-            width = 0.34 if has_ref else 0.55
+            box_width = 0.34 if has_ref else 0.55
             drawn = False
             for (frame, hatched), offset in zip(pairs, offsets):
                 acc = frame.loc[frame["model"] == model, "accuracy"].to_numpy(dtype=float)
@@ -238,7 +271,7 @@ def plot_robustness(
                 drawn = True
                 position = index + offset
                 box = box_ax.boxplot(
-                    acc, positions=[position], widths=width, patch_artist=True,
+                    acc, positions=[position], widths=box_width, patch_artist=True,
                     showfliers=False, medianprops={"color": "black", "linewidth": 1.5},
                 )
                 patch = box["boxes"][0]
@@ -246,7 +279,7 @@ def plot_robustness(
                     patch.set(facecolor="white", edgecolor=color, hatch="///", linewidth=1.2)
                 else:
                     patch.set(facecolor=color, alpha=0.45, edgecolor=color)
-                jitter = rng.uniform(-width / 4, width / 4, len(acc))
+                jitter = rng.uniform(-box_width / 4, box_width / 4, len(acc))
                 box_ax.scatter(position + jitter, acc, s=7, color=color, alpha=0.6,
                                linewidths=0, zorder=3)
                 if not hatched and noise is not None:
@@ -254,7 +287,7 @@ def plot_robustness(
                     if len(match) and np.isfinite(match["noise_sd"].iloc[0]):
                         # just left of the box, at the height of its median
                         noise_handle = box_ax.errorbar(
-                            position - width / 2 - 0.06, np.median(acc),
+                            position - box_width / 2 - 0.06, np.median(acc),
                             yerr=match["noise_sd"].iloc[0], color="black", marker="o",
                             markersize=3, capsize=3, linewidth=1.5, capthick=1.5, zorder=4,
                         )
@@ -289,9 +322,10 @@ def plot_robustness(
         noise_handle.set_label("median ±1 SD over refits of one setting (seed noise)")
         handles.append(noise_handle)
     handles.append(Line2D([], [], color="grey", linestyle=":", label="chance (1 / classes)"))
-    # legend labels are up to ~3.5 inches long at this size: fit as many columns as the width holds
-    figure.legend(handles=handles, loc="outside lower center",
-                  ncol=max(1, min(len(handles), int(width / 3.6))), fontsize=9, frameon=False)
+    # one column per model (the models fill the first row), as many as the figure's width holds
+    ncol = _legend_columns(figure, [h.get_label() for h in handles], len(models), fontsize=9)
+    figure.legend(handles=_row_major(handles, ncol), loc="outside lower center",
+                  ncol=ncol, fontsize=9, frameon=False)
     figure.suptitle(_title_for(
         figure,
         "Robustness to hyperparameters: 3-fold cross-validated test accuracy of every "

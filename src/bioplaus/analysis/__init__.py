@@ -1,0 +1,58 @@
+"""The analysis layer: from the pipeline's trial tables to statistics and figures.
+
+The package owns everything done after the studies have run: reading
+``trials.csv``/``repeats.csv`` (:mod:`~bioplaus.analysis.loading`), the
+robustness metrics, the summary table, the "learns" curves and the model
+comparison (:mod:`~bioplaus.analysis.statistics`), hyperparameter importance
+(:mod:`~bioplaus.analysis.importance`), the figures
+(:mod:`~bioplaus.analysis.figures`, imported on demand: ``from bioplaus.analysis
+import figures``, so that tables need no matplotlib) and the reader of the
+2019 study's logs (:mod:`~bioplaus.analysis.reference`). It knows nothing of
+optuna storages, Snakemake or the command line; it uses the model registry
+(:mod:`bioplaus.models`) and the dataset registry only for labels::
+
+    from bioplaus.analysis import compare, importance, learns_curve, load_trials, summarize
+"""
+
+from bioplaus.analysis.importance import MIN_IMPORTANCE_TRIALS, importance
+from bioplaus.analysis.loading import BASE_COLUMNS, FLAG_COLUMNS, load_trials
+from bioplaus.analysis.reference import ReferenceLogError, load_reference_logs, read_reference_log
+from bioplaus.analysis.statistics import (
+    AT_CHANCE_MARGIN,
+    GROUP_COLUMNS,
+    LEARNS_MARGIN,
+    NEAR_BEST_MARGIN,
+    THRESHOLD_TOLERANCE,
+    at_chance,
+    compare,
+    learns,
+    learns_curve,
+    near_best,
+    noise_table,
+    summarize,
+    valid_mask,
+)
+
+__all__ = [
+    "AT_CHANCE_MARGIN",
+    "BASE_COLUMNS",
+    "FLAG_COLUMNS",
+    "GROUP_COLUMNS",
+    "LEARNS_MARGIN",
+    "MIN_IMPORTANCE_TRIALS",
+    "NEAR_BEST_MARGIN",
+    "THRESHOLD_TOLERANCE",
+    "ReferenceLogError",
+    "at_chance",
+    "compare",
+    "importance",
+    "learns",
+    "learns_curve",
+    "load_reference_logs",
+    "load_trials",
+    "near_best",
+    "noise_table",
+    "read_reference_log",
+    "summarize",
+    "valid_mask",
+]
