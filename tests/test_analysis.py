@@ -203,7 +203,7 @@ def test_importance_ranks_planted_parameter_first():
     trials, space = _random_space_trials(40)
     # invalid trials (outside any sensible value) are excluded, not fed to the evaluators
     invalid = trials.iloc[:3].assign(invalid=True, accuracy=np.nan, param_dt=99.0)
-    table = importance(pd.concat([trials, invalid], ignore_index=True), space, seed=0)
+    table = importance(pd.concat([trials, invalid], ignore_index=True), space, seed=0, inactive=None)
     assert set(table["evaluator"]) == {"fanova", "ped_anova"}
     assert (table["n_trials"] == 40).all()
     for evaluator, group in table.groupby("evaluator"):
@@ -221,7 +221,7 @@ def test_importance_leaves_optuna_logging_alone(monkeypatch):
     before = optuna.logging.get_verbosity()
     calls = []
     monkeypatch.setattr(optuna.logging, "set_verbosity", calls.append)
-    importance(trials, space, seed=0)
+    importance(trials, space, seed=0, inactive=None)
     assert calls == []  # library code does not change global logging state
     assert optuna.logging.get_verbosity() == before
 
@@ -229,13 +229,13 @@ def test_importance_leaves_optuna_logging_alone(monkeypatch):
 def test_importance_refuses_optimiser_trials_and_tiny_samples():
     trials, space = _random_space_trials(12)
     with pytest.raises(ValueError, match="random"):
-        importance(trials.assign(sampler="gp"), space)
+        importance(trials.assign(sampler="gp"), space, inactive=None)
     with pytest.raises(ValueError, match="need at least 10"):
-        importance(trials.iloc[:5], space)
+        importance(trials.iloc[:5], space, inactive=None)
     with pytest.raises(ValueError, match="no trials"):
-        importance(trials.iloc[:0], space)
+        importance(trials.iloc[:0], space, inactive=None)
     with pytest.raises(ValueError, match="param_dt"):
-        importance(trials.drop(columns="param_dt"), space)
+        importance(trials.drop(columns="param_dt"), space, inactive=None)
 
 
 # ----------------------------------------------------------------------------- compare
