@@ -5,7 +5,7 @@ The package has three layers that do not know of each other's internals:
 * ``bioplaus.models``: the estimators (scikit-learn API) and the model registry;
   the simulator cores know nothing of optuna, Snakemake or files.
 * ``bioplaus.datasets``: the dataset registry, canonical-file parsers, downloads.
-* ``bioplaus.evaluation`` / ``bioplaus.study`` / ``bioplaus.analysis``: the pipeline
+* ``bioplaus.study`` (evaluation, samplers, workers) / ``bioplaus.analysis``: the pipeline
   (cross-validation, optimisation, tables, figures); it knows nothing of neurons.
 """
 
