@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,37 @@ def _json_arg(text: str) -> dict:
 
 def _threads(n: int | None) -> int:
     return max(1, int(n) if n else (os.cpu_count() or 1))
+
+
+#: environment variables `bioplaus study` reads when --heartbeat-seconds /
+#: --stale-after-seconds are not given (they reach cluster jobs through the environment)
+HEARTBEAT_ENV = "BIOPLAUS_HEARTBEAT_SECONDS"
+STALE_AFTER_ENV = "BIOPLAUS_STALE_AFTER_SECONDS"
+
+
+def _env_seconds(name: str) -> float | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        val = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not a number of seconds") from None
+    if not (val > 0 and math.isfinite(val)):
+        raise ConfigError(f"{name}={text!r} must be a positive number of seconds")
+    return val
+
+
+def _liveness(args) -> dict:
+    """``heartbeat_seconds``/``stale_after`` for the study: each from its option, else its
+    environment variable, else left out (the library's default)."""
+    out = {}
+    for key, option, env in (("heartbeat_seconds", args.heartbeat_seconds, HEARTBEAT_ENV),
+                             ("stale_after", args.stale_after_seconds, STALE_AFTER_ENV)):
+        val = option if option is not None else _env_seconds(env)
+        if val is not None:
+            out[key] = val
+    return out
 
 
 # --------------------------------------------------------------------------- data
@@ -108,8 +140,10 @@ def cmd_study(args) -> None:
                 pass
         else:
             Path(storage_url).unlink(missing_ok=True)
-    storage = open_storage(storage_url)
-    study = run_worker(settings, storage, data.X, data.y, data.input_shape, n_jobs=_threads(args.threads))
+    liveness = _liveness(args)
+    storage = open_storage(storage_url, **liveness)
+    study = run_worker(settings, storage, data.X, data.y, data.input_shape, n_jobs=_threads(args.threads),
+                       **liveness)
     if not args.worker_only:
         paths = write_outputs(study, settings, Path(args.out))
         print(f"wrote {paths[0]} and {paths[1]}", file=sys.stderr)
@@ -126,7 +160,7 @@ def cmd_export(args) -> None:
 
 def cmd_repeats(args) -> None:
     from bioplaus.data import load_prepared
-    from bioplaus.repeats import run_repeats, sources_from_best
+    from bioplaus.study import run_repeats, sources_from_best
 
     data = load_prepared(args.data)
     options = _json_arg(args.options)
@@ -194,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd == "study":
             s.add_argument("--fresh", action="store_true", help="discard the stored study and start again")
             s.add_argument("--worker-only", action="store_true", help="run trials, write no outputs")
+            s.add_argument("--heartbeat-seconds", type=float, default=None,
+                           help=f"seconds between a running trial's heartbeats (default: ${HEARTBEAT_ENV}, "
+                                "else the library's default; the same for every worker of a study)")
+            s.add_argument("--stale-after-seconds", type=float, default=None,
+                           help="a running trial whose heartbeat is this old is taken as dead and re-queued "
+                                f"(default: ${STALE_AFTER_ENV}, else the library's default; at least twice "
+                                "--heartbeat-seconds)")
         s.set_defaults(func=func)
 
     s = sub.add_parser("repeats", help="noise floor: re-evaluate default and best configurations")
@@ -209,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import optuna
+
     args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study logs its own progress lines
     try:
         args.func(args)
     except BioplausError as exc:

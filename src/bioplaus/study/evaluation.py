@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.registry import get_model
-from bioplaus.seeding import INIT, SPLIT, derive_seed
+from bioplaus.study.seeds import INIT, SPLIT, derive_seed
 
 #: largest number of rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
 DEFAULT_CHUNK_ROWS = 4096
