@@ -262,7 +262,7 @@ def test_model_labels_and_colours_are_fixed():
 def test_labels_come_from_the_registries(tmp_path, monkeypatch):
     import dataclasses
 
-    from bioplaus.datasets import DATASETS
+    from bioplaus.data import DATASETS
     from bioplaus.models import get_model, registry
 
     spec = dataclasses.replace(get_model("mlp"), name="hebbian", label="Hebbian network")

@@ -114,7 +114,8 @@ def test_liveness_settings_are_checked():
 
 def test_cli_liveness_options_else_environment_else_library_defaults(monkeypatch):
     """The library reads no environment: the CLI passes the options, else the variables, else nothing."""
-    from bioplaus.cli import _liveness, build_parser
+    from bioplaus.cli import build_parser
+    from bioplaus.cli.study import _liveness
 
     base = ["study", "--data", "d", "--model", "mlp", "--sampler", "random", "--out", "o", "--n-trials", "1"]
     monkeypatch.delenv("BIOPLAUS_HEARTBEAT_SECONDS", raising=False)

@@ -91,7 +91,7 @@ def dataset_label(dataset: str) -> str:
     The one place the analysis reads the data layer (imported here, when a label
     is drawn, so that the analysis does not load the data layer otherwise).
     """
-    from bioplaus.datasets import dataset_info
+    from bioplaus.data import dataset_info
 
     try:
         return dataset_info(dataset).label
