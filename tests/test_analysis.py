@@ -328,13 +328,13 @@ def test_cli_has_the_analysis_commands():
 def test_cli_fails_loudly_when_the_analysis_commands_cannot_be_imported(monkeypatch):
     import sys
 
-    import bioplaus
+    import bioplaus.cli
     from bioplaus.cli import build_parser
 
-    # make ``from bioplaus import cli_analysis`` fail as a broken module would
-    monkeypatch.delattr(bioplaus, "cli_analysis", raising=False)
-    monkeypatch.setitem(sys.modules, "bioplaus.cli_analysis", None)
-    with pytest.raises(ImportError, match="cli_analysis"):
+    # make ``from bioplaus.cli import analysis`` fail as a broken module would
+    monkeypatch.delattr(bioplaus.cli, "analysis", raising=False)
+    monkeypatch.setitem(sys.modules, "bioplaus.cli.analysis", None)
+    with pytest.raises(ImportError, match="analysis"):
         build_parser()
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bioplaus.evaluation import evaluate, fold_splits
+from bioplaus.study.evaluation import evaluate, fold_splits
 
 SHAPE = (1, 8, 8)
 
@@ -66,7 +66,7 @@ def test_unexpected_error_is_recorded_with_its_message(digits):
 
 
 def test_chunks_are_whole_batches(digits):
-    from bioplaus.evaluation import _chunk_rows
+    from bioplaus.study.evaluation import _chunk_rows
     from conftest import NearestMeanClassifier
 
     assert _chunk_rows(NearestMeanClassifier(batch_size=32), 100) == 128

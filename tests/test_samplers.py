@@ -6,7 +6,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from bioplaus.errors import ConfigError
-from bioplaus.samplers import SkoptGPSampler, make_sampler, suggest_all, to_skopt_dimensions
+from bioplaus.study import samplers
+from bioplaus.study.samplers import SkoptGPSampler, make_sampler, suggest_all, to_skopt_dimensions
+from bioplaus.study.seeds import SAMPLER, derive_seed
 
 SPACE = {
     "lr": FloatDistribution(1e-4, 0.05, log=True),
@@ -62,6 +64,26 @@ def test_random_trial_depends_on_number_only():
         suggest_all(t, SPACE)
         b.tell(t, state=TrialState.FAIL) if t.number % 2 else b.tell(t, 0.0)
     assert [t.params for t in a.trials] == [t.params for t in b.trials]
+
+
+def test_seed_streams_are_frozen_per_sampler_name(monkeypatch):
+    """A sampler's seed stream is a constant of its name, not its place in ``SAMPLERS``:
+    listing the samplers in another order, or adding one, shifts no sampler's numbers."""
+    assert samplers.SAMPLER_STREAMS == {"gp": 0, "tpe": 1, "random": 2}  # the streams all results used
+    assert [derive_seed(1, SAMPLER, samplers.SAMPLER_STREAMS[n], 0) for n in ("gp", "tpe", "random")] \
+        == [798405205, 415021730, 1933120797]
+
+    def asked(n=4):
+        study = optuna.create_study(sampler=make_sampler("random", SPACE, 1))
+        return [study.ask(SPACE).params for _ in range(n)]
+
+    today = asked()
+    # trial k draws with derive_seed(study seed, SAMPLER, stream of "random", k)
+    expected = [optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=derive_seed(1, SAMPLER, 2, k)))
+                .ask(SPACE).params for k in range(4)]
+    assert today == expected
+    monkeypatch.setattr(samplers, "SAMPLERS", ("random", "new", "tpe", "gp"))
+    assert asked() == today
 
 
 def test_gp_constant_liar_avoids_pending_point():

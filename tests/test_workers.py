@@ -27,22 +27,15 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from bioplaus.errors import ConfigError
-from bioplaus.seeding import INIT, derive_seed
-from bioplaus.study import (
-    _concurrent_duplicate,
-    _skip_reason,
-    liveness_settings,
-    open_storage,
-    plan_slots,
-    recover_stale_trials,
-    requeue_orphans,
-)
+from bioplaus.study import check_liveness, open_storage, plan_slots, recover_stale_trials, requeue_orphans
+from bioplaus.study.seeds import INIT, derive_seed
+from bioplaus.study.slots import concurrent_duplicate, skip_reason
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("BIOPLAUS_TEST_POSTGRES_URL")
 SEED = 3
-#: liveness settings of the worker processes (seconds): a dead worker is found within ~4 s
-FAST_LIVENESS = {"BIOPLAUS_HEARTBEAT_SECONDS": "0.5", "BIOPLAUS_STALE_AFTER_SECONDS": "4"}
+#: liveness options of the worker processes (seconds): a dead worker is found within ~4 s
+FAST_LIVENESS = ["--heartbeat-seconds", "0.5", "--stale-after-seconds", "4"]
 STORAGES = [
     "journal",
     pytest.param("postgres", marks=pytest.mark.skipif(
@@ -73,8 +66,8 @@ def test_racing_asks_beyond_n_trials_are_surplus():
     trials = [_trial(0, C, value=0.5), _trial(1, R), _trial(2, R), _trial(3, R)]
     plan = plan_slots(trials, 3)
     assert plan.slots == [0, 1, 2] and plan.complete == 1 and not plan.orphans
-    assert "surplus" in _skip_reason(3, 3, trials, 3)
-    assert _skip_reason(2, 2, trials, 3) is None
+    assert "surplus" in skip_reason(3, 3, trials, 3)
+    assert skip_reason(2, 2, trials, 3) is None
 
 
 def test_dead_workers_slot_is_requeued_once_and_a_late_surplus_is_not():
@@ -86,10 +79,10 @@ def test_dead_workers_slot_is_requeued_once_and_a_late_surplus_is_not():
     # two workers re-queued the orphan concurrently: the lower copy runs, the higher is skipped
     trials += [_trial(4, R, origin=1, params={"x": 7.0}), _trial(5, R, origin=1, params={"x": 7.0})]
     assert not plan_slots(trials, 3).orphans
-    assert _skip_reason(4, 1, trials, 3) is None
-    assert "trial 4 runs" in _skip_reason(5, 1, trials, 3)
+    assert skip_reason(4, 1, trials, 3) is None
+    assert "trial 4 runs" in skip_reason(5, 1, trials, 3)
     trials[4] = _trial(4, C, origin=1, params={"x": 7.0}, value=0.7)
-    assert "already complete" in _skip_reason(5, 1, trials, 3)
+    assert "already complete" in skip_reason(5, 1, trials, 3)
     assert plan_slots(trials, 3).done == {0, 1, 2}
 
 
@@ -103,23 +96,41 @@ def test_concurrent_duplicate_ignores_points_the_sampler_knew():
     trials = [_trial(0, C, value=0.5, params={"x": 1.0}), _trial(1, R, params={"x": 2.0}),
               _trial(2, C, value=0.4, params={"x": 3.0}), _trial(3, R, params={"x": 1.0})]
     # trial 0 was complete before trial 3 asked: the sampler chose to revisit it
-    assert _concurrent_duplicate(3, {"x": 1.0}, trials, known_complete={0}) is None
-    assert _concurrent_duplicate(4, {"x": 2.0}, trials, known_complete={0}) == 1  # running elsewhere
-    assert _concurrent_duplicate(4, {"x": 3.0}, trials, known_complete={0}) == 2  # finished since the ask
-    assert _concurrent_duplicate(4, {"x": 3.0}, trials, known_complete={0, 2}) is None
+    assert concurrent_duplicate(3, {"x": 1.0}, trials, known_complete={0}) is None
+    assert concurrent_duplicate(4, {"x": 2.0}, trials, known_complete={0}) == 1  # running elsewhere
+    assert concurrent_duplicate(4, {"x": 3.0}, trials, known_complete={0}) == 2  # finished since the ask
+    assert concurrent_duplicate(4, {"x": 3.0}, trials, known_complete={0, 2}) is None
 
 
-def test_liveness_settings_from_environment(monkeypatch):
+def test_liveness_settings_are_checked():
+    assert check_liveness(2, 30) == (2.0, 30.0)
+    with pytest.raises(ConfigError, match="must be at least twice heartbeat_seconds"):
+        check_liveness(0.5, 0.2)
+    with pytest.raises(ConfigError, match="heartbeat_seconds=0 must be a positive number"):
+        check_liveness(0, 30)
+    with pytest.raises(ConfigError, match="stale_after='soon' is not a number"):
+        check_liveness(1, "soon")
+
+
+def test_cli_liveness_options_else_environment_else_library_defaults(monkeypatch):
+    """The library reads no environment: the CLI passes the options, else the variables, else nothing."""
+    from bioplaus.cli import build_parser
+    from bioplaus.cli.study import _liveness
+
+    base = ["study", "--data", "d", "--model", "mlp", "--sampler", "random", "--out", "o", "--n-trials", "1"]
+    monkeypatch.delenv("BIOPLAUS_HEARTBEAT_SECONDS", raising=False)
+    monkeypatch.delenv("BIOPLAUS_STALE_AFTER_SECONDS", raising=False)
+    assert _liveness(build_parser().parse_args(base)) == {}  # run_worker's defaults apply
+    assert _liveness(build_parser().parse_args(base + FAST_LIVENESS)) == {"heartbeat_seconds": 0.5,
+                                                                          "stale_after": 4.0}
     monkeypatch.setenv("BIOPLAUS_HEARTBEAT_SECONDS", "0.5")
     monkeypatch.setenv("BIOPLAUS_STALE_AFTER_SECONDS", "4")
-    assert liveness_settings() == (0.5, 4.0)
-    assert liveness_settings(2, 30) == (2.0, 30.0)
-    monkeypatch.setenv("BIOPLAUS_STALE_AFTER_SECONDS", "0.2")
-    with pytest.raises(ConfigError, match="must be at least twice heartbeat_seconds"):
-        liveness_settings()
+    assert _liveness(build_parser().parse_args(base)) == {"heartbeat_seconds": 0.5, "stale_after": 4.0}
+    args = build_parser().parse_args(base + ["--stale-after-seconds", "30"])  # an option beats the variable
+    assert _liveness(args) == {"heartbeat_seconds": 0.5, "stale_after": 30.0}
     monkeypatch.setenv("BIOPLAUS_STALE_AFTER_SECONDS", "soon")
     with pytest.raises(ConfigError, match="BIOPLAUS_STALE_AFTER_SECONDS='soon' is not a number"):
-        liveness_settings()
+        _liveness(build_parser().parse_args(base))
 
 
 def test_trial_of_a_gone_process_is_failed_and_requeued_once(tmp_path):
@@ -160,10 +171,10 @@ class StudyUnderTest:
                 "--seed", str(SEED), "--n-initial-points", "3"]
         if self.kind == "postgres":
             args += ["--storage", self.url]
-        return args + (["--worker-only"] if command == "study" else [])
+        return args + (["--worker-only", *FAST_LIVENESS] if command == "study" else [])
 
     def start_workers(self, n: int, log_dir: Path) -> list[subprocess.Popen]:
-        env = {**os.environ, **FAST_LIVENESS, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
                "OPENBLAS_NUM_THREADS": "1"}
         procs = []
         for k in range(n):

@@ -1,8 +1,13 @@
 """Study configuration: validation against the JSON schema, with readable errors.
 
-The schema lives in ``workflow/schemas/config.schema.yaml``. Every problem is
-reported at once, one line each, naming the key and what is wrong
-(with a suggestion for a misspelt key); defaults from the schema are filled in.
+The schema lives in ``workflow/schemas/config.schema.yaml``; the names it
+allows are not written there but filled in from the registries when it is
+loaded (:func:`complete_schema`): dataset names from :mod:`bioplaus.data`,
+model names and each model's ``model_options`` from the model registry
+(after importing the config's ``plugins``), sampler names from the sampler
+registry. Every problem is reported at once, one line each, naming the key
+and what is wrong (with a suggestion for a misspelt key); defaults from the
+schema are filled in.
 """
 
 from __future__ import annotations
@@ -18,6 +23,22 @@ from bioplaus.errors import ConfigError
 
 def load_schema(path: str | Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
+
+
+def complete_schema(schema: dict) -> dict:
+    """``schema`` with the registries' names filled in: datasets, models, their options, samplers."""
+    from bioplaus.data import DATASETS
+    from bioplaus.models import available_models, get_model
+    from bioplaus.study.samplers import SAMPLERS
+
+    props = schema["properties"]
+    datasets, models = list(DATASETS), available_models()
+    props["datasets"]["propertyNames"] = {"enum": datasets}
+    props["mem_mb"]["propertyNames"] = {"enum": datasets}
+    props["models"]["items"]["enum"] = models
+    props["samplers"]["items"]["enum"] = list(SAMPLERS)
+    props["model_options"]["properties"] = {m: get_model(m).options_schema() for m in models}
+    return schema
 
 
 def _where(error) -> str:
@@ -58,7 +79,13 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
     """Check ``config`` against the schema; fill defaults in place; raise :class:`ConfigError` listing every problem."""
     import jsonschema
 
-    schema = load_schema(schema_path)
+    from bioplaus.models.registry import load_plugins
+
+    plugins = config.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"config.plugins must be a list of module names, got {plugins!r}")
+    load_plugins(plugins)
+    schema = complete_schema(load_schema(schema_path))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -69,3 +96,57 @@ def validate_config(config: MutableMapping[str, Any], schema_path: str | Path) -
         )
     _fill_defaults(config, schema)
     return config
+
+
+#: Environment variable through which the workflow hands a storage password to its jobs (read by the CLI).
+STORAGE_PASSWORD_ENV = "BIOPLAUS_STORAGE_PASSWORD"
+
+
+def _split_netloc(url: str):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    return parts, userinfo, at, hostport
+
+
+def storage_without_password(url: str | None) -> tuple[str | None, str | None]:
+    """``(url without its password, password or None)`` of an RDB storage URL.
+
+    ``postgresql://user:secret@host/db`` gives ``("postgresql://user@host/db", "secret")``
+    (the password percent-decoded). What the workflow writes into commands, logs,
+    the report and its metadata is the first; the second travels by environment
+    (:data:`STORAGE_PASSWORD_ENV`).
+    """
+    if not url:
+        return url, None
+    from urllib.parse import unquote, urlunsplit
+
+    parts, userinfo, at, hostport = _split_netloc(url)
+    user, colon, password = userinfo.partition(":")
+    if not colon:
+        return url, None
+    return urlunsplit(parts._replace(netloc=f"{user}{at}{hostport}")), unquote(password)
+
+
+def storage_with_password(url: str | None, password: str | None) -> str | None:
+    """``url`` with ``password`` put in (percent-encoded); ``url`` unchanged without one or if it has one."""
+    if not url or password is None:
+        return url
+    from urllib.parse import quote, urlunsplit
+
+    parts, userinfo, at, hostport = _split_netloc(url)
+    if not at or ":" in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:{quote(password, safe='')}@{hostport}"))
+
+
+def redact_storage(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``***`` (for messages)."""
+    bare, password = storage_without_password(url)
+    if password is None:
+        return url
+    parts, userinfo, at, hostport = _split_netloc(bare)
+    from urllib.parse import urlunsplit
+
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***{at}{hostport}"))

@@ -12,8 +12,7 @@ rule summary:
         report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Tables",
                labels={"table": "summary"}),
     params:
-        repeats=lambda w, input: _repeats_arg(input.repeats),
-        ref=REF_ARG,
+        argv=lambda w, input, output: argv("summarize", plugin_args(), "--trials", input.trials, table_args(input), "--out", output[0]),
     log:
         f"{LOGS}/summary.log",
     threads: 1
@@ -23,7 +22,7 @@ rule summary:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus summarize --trials {input.trials} {params.repeats} {params.ref} --out {output} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule figure_robustness:
@@ -36,9 +35,9 @@ rule figure_robustness:
                    category="Robustness", labels={"figure": "robustness", "sampler": "{sampler}"}),
         pdf=f"{RESULTS}/figures/robustness_{{sampler}}.pdf",
     params:
-        repeats=lambda w, input: _repeats_arg(input.repeats),
-        ref=REF_ARG,
-        stem=lambda w, output: output.png[: -len(".png")],
+        argv=lambda w, input, output: argv(
+            "figure", "robustness", plugin_args(), "--trials", input.trials, table_args(input), "--sampler", w.sampler,
+            "--out", output.png[: -len(".png")]),
     log:
         f"{LOGS}/figures/robustness_{{sampler}}.log",
     threads: 1
@@ -48,8 +47,7 @@ rule figure_robustness:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus figure robustness --trials {input.trials} {params.repeats} {params.ref} "
-        "--sampler {wildcards.sampler} --out {params.stem} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule figure_robustness_main:
@@ -67,7 +65,7 @@ rule figure_robustness_main:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "(cp {input.png} {output.png} && cp {input.pdf} {output.pdf}) > {log} 2>&1"
+        "(cp {input.png:q} {output.png:q} && cp {input.pdf:q} {output.pdf:q}) > {log:q} 2>&1"
 
 
 rule figure_learns:
@@ -79,7 +77,7 @@ rule figure_learns:
                    category="Robustness", labels={"figure": "learns curves"}),
         pdf=f"{RESULTS}/figures/learns_curves.pdf",
     params:
-        stem=lambda w, output: output.png[: -len(".png")],
+        argv=lambda w, input, output: argv("figure", "learns", plugin_args(), "--trials", list(input), "--out", output.png[: -len(".png")]),
     log:
         f"{LOGS}/figures/learns_curves.log",
     threads: 1
@@ -89,7 +87,7 @@ rule figure_learns:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus figure learns --trials {input} --out {params.stem} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule importance:
@@ -105,9 +103,9 @@ rule importance:
                    labels={"dataset": "{dataset}", "model": "{model}", "figure": "importance"}),
         pdf=f"{RESULTS}/figures/importance_{{dataset}}_{{model}}.pdf",
     params:
-        options=lambda w: model_options(w.model),
-        seed=config.get("seed", 1),
-        stem=lambda w, output: output.png[: -len(".png")],
+        argv=lambda w, input, output: argv(
+            "importance", plugin_args(), "--trials", input[0], "--model", w.model, "--options", model_options(w.model),
+            "--seed", config["seed"], "--out-csv", output.csv, "--out-figure", output.png[: -len(".png")]),
     log:
         f"{LOGS}/importance/{{dataset}}_{{model}}.log",
     threads: 1
@@ -117,8 +115,7 @@ rule importance:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus importance --trials {input} --model {wildcards.model} --options '{params.options}' "
-        "--seed {params.seed} --out-csv {output.csv} --out-figure {params.stem} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule sensitivity:
@@ -131,8 +128,9 @@ rule sensitivity:
                    labels={"dataset": "{dataset}", "model": "{model}", "figure": "sensitivity"}),
         pdf=f"{RESULTS}/figures/sensitivity_{{dataset}}_{{model}}.pdf",
     params:
-        options=lambda w: model_options(w.model),
-        stem=lambda w, output: output.png[: -len(".png")],
+        argv=lambda w, input, output: argv(
+            "sensitivity", plugin_args(), "--trials", input[0], "--model", w.model, "--options",
+            model_options(w.model), "--out", output.png[: -len(".png")]),
     log:
         f"{LOGS}/sensitivity/{{dataset}}_{{model}}.log",
     threads: 1
@@ -142,19 +140,20 @@ rule sensitivity:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus sensitivity --trials {input} --model {wildcards.model} --options '{params.options}' "
-        "--out {params.stem} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule comparison:
-    """Per dataset: segregated-dendrite vs each backprop model (random-sampler trials)."""
+    """Per dataset: each biologically plausible rule vs each backprop model (random-sampler trials)."""
     input:
         expand(f"{RESULTS}/{{dataset}}/{{model}}/random/trials.csv", dataset=DATASETS, model=MODELS),
     output:
         report(f"{RESULTS}/comparison.csv", caption="../report/comparison.rst", category="Tables",
                labels={"table": "comparison"}),
     params:
-        seed=config.get("seed", 1),
+        argv=lambda w, input, output: argv(
+            "compare", plugin_args(), "--trials", list(input), "--sampler", "random", "--seed", config["seed"],
+            "--out", output[0]),
     log:
         f"{LOGS}/comparison.log",
     threads: 1
@@ -164,4 +163,4 @@ rule comparison:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus compare --trials {input} --sampler random --seed {params.seed} --out {output} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"

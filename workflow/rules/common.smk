@@ -1,27 +1,55 @@
-# Shared helpers: config defaults, target lists, resources.
+# Shared helpers: target lists, resources, and the command lines of the rules.
+#
+# The config was validated (and its defaults filled in) by bioplaus.config in
+# the Snakefile, so every key is read here without a default of its own.
+# No config value is pasted into a shell command as text: every command line
+# is built as a list of arguments and quoted once, by `argv` (shlex), and a
+# storage password never enters a command line (see STORAGE below).
 import json
 import re
+import shlex
+
+from bioplaus.config import storage_without_password
+from bioplaus.data import dataset_info
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
 SAMPLERS = list(config["samplers"])
 RESULTS = "results"
-DATA_DIR = config.get("data_dir", "data")
-WORKERS = int(config.get("workers", 1))
-REPEATS = int(config.get("repeats", 5))
-STORAGE = config.get("storage") or None
+DATA_DIR = config["data_dir"]
+WORKERS = int(config["workers"])
+REPEATS = int(config["repeats"])
+PLUGINS = list(config["plugins"])
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
-
-# images x bytes per image, to size memory (MB) per job when the config does not say
-_DATASET_MB = {"digits": 50, "mnist-5k": 100, "mnist": 900, "fashion": 900, "cifar10": 2600}
+# The storage URL as it appears in commands, logs and the report: without its
+# password. The password (if the config held one) reaches the jobs through the
+# environment variable the CLI reads (BIOPLAUS_STORAGE_PASSWORD); libpq's
+# PGPASSFILE / ~/.pgpass work as usual for PostgreSQL.
+STORAGE, _STORAGE_PASSWORD = storage_without_password(config["storage"])
+if _STORAGE_PASSWORD is not None:
+    os.environ["BIOPLAUS_STORAGE_PASSWORD"] = _STORAGE_PASSWORD
+    config["storage"] = STORAGE  # nor in the config Snakemake records
+del _STORAGE_PASSWORD
+REFERENCE = config["reference_logs"] or None
 
 
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS),
-    model="|".join(MODELS),
-    sampler="|".join(SAMPLERS),
+    model="|".join(re.escape(m) for m in MODELS),
+    sampler="|".join(re.escape(s) for s in SAMPLERS),
     worker=r"\d+",
+
+
+def argv(*parts):
+    """One shell-safe string of command-line arguments (each part quoted; lists expanded)."""
+    flat = []
+    for part in parts:
+        if isinstance(part, (list, tuple)):
+            flat.extend(str(p) for p in part)
+        elif part is not None:
+            flat.append(str(part))
+    return shlex.join(flat)
 
 
 def dataset_opts(dataset):
@@ -29,51 +57,61 @@ def dataset_opts(dataset):
 
 
 def model_options(model):
-    return json.dumps((config.get("model_options") or {}).get(model) or {}, sort_keys=True)
+    return json.dumps((config["model_options"] or {}).get(model) or {}, sort_keys=True)
+
+
+def plugin_args():
+    return [a for p in PLUGINS for a in ("--plugin", p)]
 
 
 def study_threads():
-    return int(config.get("threads", 3))
+    return int(config["threads"])
+
+
+def data_mb(dataset):
+    """MB of the prepared float32 array of a dataset (after subsampling)."""
+    return dataset_info(dataset).prepared_nbytes(dataset_opts(dataset).get("max_samples")) / 1e6
 
 
 def study_mem_mb(wildcards, threads):
-    """Data (shared memory map) + per-fold worker copies and model state, MB."""
-    declared = (config.get("mem_mb") or {}).get(wildcards.dataset)
+    """Interpreter and libraries, per-fold workers (model state, chunk copies), the data several times, MB."""
+    declared = (config.get("mem_mb") or {}).get(wildcards.dataset)  # optional key: no default
     if declared:
         return int(declared)
-    base = _DATASET_MB.get(wildcards.dataset, 1000)
-    max_samples = dataset_opts(wildcards.dataset).get("max_samples")
-    if max_samples:
-        base = max(50, int(base * min(1.0, max_samples / 70000) * 10))
-    return int(600 + 300 * min(threads, int(config.get("n_folds", 3))) + 1.5 * base)
+    return int(600 + 300 * min(threads, int(config["n_folds"])) + 4 * data_mb(wildcards.dataset))
+
+
+def prepare_mem_mb(wildcards):
+    """Loading pools the raw files and the float32 array of the whole dataset, MB."""
+    return int(500 + 3 * dataset_info(wildcards.dataset).prepared_nbytes() / 1e6)
 
 
 def study_args(wildcards):
-    """Command-line arguments shared by study, export and repeats commands."""
+    """Arguments shared by the study, export and repeats commands (a list)."""
     args = [
-        f"--data {RESULTS}/data/{wildcards.dataset}",
-        f"--dataset {wildcards.dataset}",
-        f"--model {wildcards.model}",
-        f"--folds {config.get('n_folds', 3)}",
-        f"--epochs {config.get('epochs', 10)}",
-        f"--seed {config.get('seed', 1)}",
-        f"--options '{model_options(wildcards.model)}'",
+        "--data", f"{RESULTS}/data/{wildcards.dataset}",
+        "--dataset", wildcards.dataset,
+        "--model", wildcards.model,
+        "--folds", config["n_folds"],
+        "--epochs", config["epochs"],
+        "--seed", config["seed"],
+        "--options", model_options(wildcards.model),
     ]
-    if config.get("time_limit"):
-        args.append(f"--time-limit {config['time_limit']}")
-    return " ".join(args)
+    if config["time_limit"]:
+        args += ["--time-limit", config["time_limit"]]
+    return plugin_args() + args
 
 
 def optimiser_args(wildcards):
     args = [
-        f"--sampler {wildcards.sampler}",
-        f"--n-trials {config.get('n_trials', 50)}",
-        f"--n-initial-points {config.get('n_initial_points', 5)}",
-        f"--kappa {config.get('kappa', 2.5)}",
+        "--sampler", wildcards.sampler,
+        "--n-trials", config["n_trials"],
+        "--n-initial-points", config["n_initial_points"],
+        "--kappa", config["kappa"],
     ]
     if STORAGE:
-        args.append(f"--storage '{STORAGE}'")
-    return " ".join(args)
+        args += ["--storage", STORAGE]
+    return args
 
 
 def study_outputs():
@@ -81,6 +119,13 @@ def study_outputs():
         f"{RESULTS}/{{dataset}}/{{model}}/{{sampler}}/trials.csv",
         dataset=DATASETS, model=MODELS, sampler=SAMPLERS,
     )
+
+
+def compared_models():
+    """Models compared with the backprop baselines in comparison.csv: every model that is not one."""
+    from bioplaus.models import get_model
+
+    return [m for m in MODELS if not get_model(m).backprop]
 
 
 def all_targets():
@@ -92,7 +137,7 @@ def all_targets():
         targets += [f"{RESULTS}/figures/learns_curves.png"]
         targets += expand(f"{RESULTS}/{{dataset}}/{{model}}/importance.csv", dataset=DATASETS, model=MODELS)
         targets += expand(f"{RESULTS}/figures/sensitivity_{{dataset}}_{{model}}.png", dataset=DATASETS, model=MODELS)
-        if "segdend" in MODELS and len(MODELS) > 1:
+        if 0 < len(compared_models()) < len(MODELS):
             targets.append(f"{RESULTS}/comparison.csv")
     if REPEATS > 0:
         targets += expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
@@ -100,7 +145,7 @@ def all_targets():
 
 
 def raw_inputs(wildcards):
-    from bioplaus.data import dataset_info, locate_files
+    from bioplaus.data import locate_files
 
     if dataset_info(wildcards.dataset).embedded:
         return []
@@ -110,8 +155,6 @@ def raw_inputs(wildcards):
     return [f"{DATA_DIR}/{wildcards.dataset}/.verified"]
 
 
-REFERENCE = config.get("reference_logs") or None
-REF_ARG = f"--reference '{REFERENCE}'" if REFERENCE else ""
 REPEAT_FILES = (
     expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
     if REPEATS > 0
@@ -119,5 +162,11 @@ REPEAT_FILES = (
 )
 
 
-def _repeats_arg(files):
-    return ("--repeats " + " ".join(files)) if files else ""
+def table_args(input):
+    """``--repeats FILES`` and ``--reference DIR`` of the summary and figure commands."""
+    args = []
+    if input.repeats:
+        args += ["--repeats", *input.repeats]
+    if REFERENCE:
+        args += ["--reference", REFERENCE]
+    return args

@@ -9,7 +9,7 @@ rule download_data:
     output:
         touch(f"{DATA_DIR}/{{dataset}}/.verified"),
     params:
-        data_dir=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
+        argv=lambda w, output: argv("download", w.dataset, "--data-dir", os.path.dirname(os.path.dirname(output[0]))),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     threads: 1
@@ -19,7 +19,7 @@ rule download_data:
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus download {wildcards.dataset} --data-dir {params.data_dir} > {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"
 
 
 rule prepare_data:
@@ -31,22 +31,20 @@ rule prepare_data:
         y=f"{RESULTS}/data/{{dataset}}/y.npy",
         meta=f"{RESULTS}/data/{{dataset}}/meta.json",
     params:
-        max_samples=lambda w: dataset_opts(w.dataset).get("max_samples") or "",
-        seed=config.get("seed", 1),
-        outdir=lambda w, output: os.path.dirname(output.meta),
-        data_dir=DATA_DIR,
+        argv=lambda w, output: argv(
+            "prepare", w.dataset, "--out", os.path.dirname(output.meta), "--data-dir", DATA_DIR,
+            "--seed", config["seed"],
+            *(["--max-samples", dataset_opts(w.dataset)["max_samples"]]
+              if dataset_opts(w.dataset).get("max_samples") else [])),
     log:
         f"{LOGS}/prepare/{{dataset}}.log",
     benchmark:
         f"{BENCH}/prepare/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem_mb=lambda w: 3 * _DATASET_MB.get(w.dataset, 1000) + 500,
+        mem_mb=prepare_mem_mb,
         runtime=30,
     conda:
         "../envs/bioplaus.yaml"
     shell:
-        "bioplaus prepare {wildcards.dataset} --out {params.outdir} --data-dir {params.data_dir} "
-        "--seed {params.seed} "
-        "$( [ -n '{params.max_samples}' ] && echo --max-samples {params.max_samples} ) "
-        "> {log} 2>&1"
+        "bioplaus {params.argv} > {log:q} 2>&1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# purposes (first key after the study seed)
+# purposes (first key after the study seed); frozen: renumbering one changes every seed of that purpose
 SPLIT = 0
 INIT = 1
 SAMPLER = 2

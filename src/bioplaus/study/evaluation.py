@@ -12,9 +12,11 @@ Outcomes that are results, not crashes:
 
 * *invalid*: the estimator raised :class:`~bioplaus.errors.InvalidConfigurationError`
   (a hyperparameter combination that cannot be run); no accuracy.
-* *diverged*: the fit produced NaN/inf (``diverged_`` set by the estimator,
-  a non-finite ``loss_``, or a numerical error); the accuracy of the stopped
-  model is still measured (usually chance).
+* *diverged*: the fit produced NaN/inf (``diverged_`` set by the estimator or
+  a non-finite ``loss_``): training stops and the stopped model is tested
+  (usually chance); when the fit instead raised a numerical error
+  (``FloatingPointError``, an overflow) there is no model to test and the
+  fold is given chance accuracy, ``1 / n_classes``, without testing.
 * *timed out*: a fold's training exceeded ``time_limit`` CPU seconds (checked
   between chunks); training stops and the partly trained model is tested.
 * *error*: anything else raised inside a fold; recorded with its message.
@@ -35,7 +37,7 @@ from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.registry import get_model
-from bioplaus.seeding import INIT, SPLIT, derive_seed
+from bioplaus.study.seeds import INIT, SPLIT, derive_seed
 
 #: largest number of rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
 DEFAULT_CHUNK_ROWS = 4096

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from bioplaus.evaluation import evaluate
 from bioplaus.models.registry import get_model
-from bioplaus.seeding import REPEAT, derive_seed
+from bioplaus.study.evaluation import evaluate
+from bioplaus.study.seeds import REPEAT, derive_seed
 
 
 def sources_from_best(best_files: Mapping[str, str | Path], model: str, options=None) -> dict[str, dict]:

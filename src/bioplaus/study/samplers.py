@@ -36,9 +36,18 @@ from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
 from bioplaus.errors import ConfigError
-from bioplaus.seeding import SAMPLER, derive_seed
+from bioplaus.study.seeds import SAMPLER, derive_seed
 
-SAMPLERS = ("gp", "tpe", "random")
+#: each sampler's seed stream (the key after ``SAMPLER`` in :func:`derive_seed`),
+#: so that ``gp``, ``tpe`` and ``random`` draw different initial points from one
+#: study seed. FROZEN: a sampler's stream fixes its numbers, so existing values
+#: never change; a new sampler takes a new, unused integer (never reuse or
+#: renumber one), whatever its place in this mapping.
+SAMPLER_STREAMS = {"gp": 0, "tpe": 1, "random": 2}
+#: the registered samplers, in the order they are listed
+SAMPLERS = tuple(SAMPLER_STREAMS)
+#: samplers whose suggestion depends on the other workers' pending trials
+MODEL_BASED_SAMPLERS = ("gp", "tpe")
 
 
 def to_skopt_dimensions(space: Mapping[str, BaseDistribution]) -> list:
@@ -149,7 +158,7 @@ class PerTrialSeededSampler(BaseSampler):
     """Wraps a sampler factory; trial ``number`` gets ``factory(derive_seed(seed, SAMPLER, stream, number))``.
 
     ``stream`` separates samplers of the same study seed (``gp``, ``tpe`` and
-    ``random`` draw different initial points)."""
+    ``random`` draw different initial points): :data:`SAMPLER_STREAMS`."""
 
     def __init__(self, factory: Callable[[int], BaseSampler], seed: int, stream: int = 0) -> None:
         self._factory = factory
@@ -205,7 +214,7 @@ def make_sampler(
         factory = lambda s: RandomSampler(seed=s)  # noqa: E731
     else:
         raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-    return PerTrialSeededSampler(factory, seed, stream=SAMPLERS.index(name))
+    return PerTrialSeededSampler(factory, seed, stream=SAMPLER_STREAMS[name])
 
 
 def suggest_all(trial: optuna.Trial, space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
