@@ -208,7 +208,7 @@ def test_sensitivity_grid(tmp_path):
         "num_layers": IntDistribution(1, 6),
         "use_conductances": CategoricalDistribution([False, True]),
     }
-    saved = plot_sensitivity(trials, space, tmp_path / "sens")
+    saved = plot_sensitivity(trials, space, tmp_path / "sens", inactive=None)  # a partial space
     _check_files(saved)
     visible = [ax for ax in saved.figure.axes if ax.get_visible()]
     assert len(visible) == 4
@@ -220,7 +220,7 @@ def test_sensitivity_grid(tmp_path):
     assert visible[0].get_ylabel() == "CV test accuracy"
     assert "Segregated-dendrite MLP" in saved.figure.get_suptitle()
     with pytest.raises(ValueError, match="sampler 'random'"):
-        plot_sensitivity(trials.assign(sampler="gp"), space, tmp_path / "none")
+        plot_sensitivity(trials.assign(sampler="gp"), space, tmp_path / "none", inactive=None)
 
 
 def test_rank_lowess_recovers_monotone_trend():

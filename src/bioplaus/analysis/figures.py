@@ -15,7 +15,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from bioplaus.analysis.active import REGISTRY, active_matrix
 from bioplaus.analysis.loading import _prepare
 from bioplaus.analysis.statistics import LEARNS_MARGIN, learns_curve, noise_table, valid_mask
 from bioplaus.errors import ConfigError
@@ -40,7 +41,12 @@ from bioplaus.models import get_model
 MODEL_ORDER = ["mlp", "cnn", "segdend"]
 #: Okabe-Ito colour-blind-safe palette; the same model has the same colour everywhere.
 MODEL_COLORS = {"mlp": "#0072B2", "cnn": "#009E73", "segdend": "#D55E00"}
-_EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+#: colours of the other models, in model order: the rest of Okabe-Ito (Okabe & Ito 2008,
+#: "Color universal design"), then Paul Tol's colour-blind-safe "muted" scheme (Tol 2021,
+#: "Colour schemes", SRON/EPS/TN/09-002); beyond them the list repeats with a new line style
+_EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#000000", "#332288", "#117733", "#44AA99",
+                 "#88CCEE", "#DDCC77", "#CC6677", "#AA4499", "#882255", "#999933"]
+_LINE_STYLES = ["-", "--", "-.", ":"]
 DATASET_ORDER = ["mnist", "fashion", "cifar10", "mnist-5k", "digits"]
 SAMPLER_LABELS = {"gp": "Gaussian-process", "tpe": "TPE", "random": "uniformly random"}
 ACCURACY_LABEL = "CV test accuracy"
@@ -78,11 +84,28 @@ def model_label(model: str) -> str:
         return model
 
 
-def model_color(model: str) -> str:
-    """Fixed colour of a model; unknown models get stable colours by name."""
+def _extra_index(model: str, models) -> int:
+    if models is None:
+        return sum(map(ord, model))
+    others = [m for m in _ordered(models, MODEL_ORDER) if m not in MODEL_COLORS]
+    return others.index(model) if model in others else len(others) + sum(map(ord, model))
+
+
+def model_color(model: str, models=None) -> str:
+    """Fixed colour of a model (:data:`MODEL_COLORS`); the other models of ``models`` take
+    the colours of ``_EXTRA_COLORS`` in model order (distinct for up to 13 of them; without
+    ``models``, a stable colour by name)."""
     if model in MODEL_COLORS:
         return MODEL_COLORS[model]
-    return _EXTRA_COLORS[sum(map(ord, model)) % len(_EXTRA_COLORS)]
+    return _EXTRA_COLORS[_extra_index(model, models) % len(_EXTRA_COLORS)]
+
+
+def model_linestyle(model: str, models=None) -> str:
+    """Solid for the fixed models and the first round of extra colours, then dashed, ..."""
+    if model in MODEL_COLORS:
+        return "-"
+    index = _extra_index(model, models) if models is not None else 0
+    return _LINE_STYLES[(index // len(_EXTRA_COLORS)) % len(_LINE_STYLES)]
 
 
 def dataset_label(dataset: str) -> str:
@@ -234,7 +257,7 @@ def plot_robustness(
         bins = np.linspace(low, 1.0, 26)
 
         for model in models:
-            color = model_color(model)
+            color = model_color(model, models)
             for frame, dashed in ((ours_d, False), (ref_d, True)):
                 rows = frame[frame["model"] == model].sort_values("number")
                 if rows.empty:
@@ -259,7 +282,7 @@ def plot_robustness(
         rng = np.random.default_rng(column)
         ticks, tick_labels = [], []
         for index, model in enumerate(models):
-            color = model_color(model)
+            color = model_color(model, models)
             pairs = [(ours_d, False)] + ([(ref_d, True)] if has_ref else [])
             offsets = [-0.2, 0.2] if has_ref else [0.0]
             box_width = 0.34 if has_ref else 0.55
@@ -312,7 +335,7 @@ def plot_robustness(
             hist_ax.set_ylabel("fraction of trials")
             box_ax.set_ylabel(ACCURACY_LABEL)
 
-    handles = [Patch(facecolor=model_color(m), alpha=0.6, label=model_label(m)) for m in models]
+    handles = [Patch(facecolor=model_color(m, models), alpha=0.6, label=model_label(m)) for m in models]
     handles.append(Line2D([], [], color="black", linestyle="-", marker="o", markersize=3,
                           label=f"{ours_label} ({SAMPLER_LABELS.get(sampler, sampler)} sampler)"))
     if has_ref:
@@ -376,7 +399,7 @@ def plot_learns_curves(
                     continue
                 n = int(curve["n"].iloc[0])
                 label = f"{model_label(model)} ({'2019 GP' if dashed else ours_label}, n={n})"
-                ax.plot(curve["threshold"], curve["fraction"], color=model_color(model),
+                ax.plot(curve["threshold"], curve["fraction"], color=model_color(model, models),
                         linestyle="--" if dashed else "-", linewidth=1.3 if dashed else 2.0,
                         label=label, drawstyle="steps-post")
         ax.axvline(chance + LEARNS_MARGIN, color="grey", linestyle=":", linewidth=1.2,
@@ -409,6 +432,10 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
 
     ``importance_df`` is :func:`bioplaus.analysis.importance` output filtered to one
     (dataset, model); parameters are sorted by mean importance (most important on top).
+    With ``lo``/``hi`` columns (bootstrap intervals) each bar gets an error bar;
+    with ``n_active``, a parameter active in fewer trials than ``n_trials`` is
+    labelled ``name (active in k/n)``; one scored in no evaluator (too few active
+    trials) is labelled ``name (active in k/n: not scored)``.
     """
     if importance_df.empty:
         raise ValueError("plot_importance: empty importance table")
@@ -419,12 +446,29 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
             + ", ".join(f"{d}/{m}" for d, m in groups.itertuples(index=False))
         )
     dataset, model = groups.iloc[0]
-    table = importance_df.pivot_table(index="param", columns="evaluator",
-                                      values="importance", aggfunc="mean")
-    table = table.loc[table.mean(axis=1).sort_values(ascending=True).index]
+    table = importance_df.pivot_table(index="param", columns="evaluator", values="importance",
+                                      aggfunc="mean", dropna=False)
+    table = table.loc[table.mean(axis=1).fillna(-1).sort_values(ascending=True).index]
+    has_ci = {"lo", "hi"} <= set(importance_df.columns) and importance_df[["lo", "hi"]].notna().any().any()
+    if has_ci:
+        low = importance_df.pivot_table(index="param", columns="evaluator", values="lo",
+                                        aggfunc="mean", dropna=False).reindex(table.index)
+        high = importance_df.pivot_table(index="param", columns="evaluator", values="hi",
+                                         aggfunc="mean", dropna=False).reindex(table.index)
     evaluators = [e for e in ("fanova", "ped_anova") if e in table.columns]
     evaluators += [e for e in table.columns if e not in evaluators]
     n_trials = int(importance_df["n_trials"].max()) if "n_trials" in importance_df else None
+    labels = list(table.index)
+    if "n_active" in importance_df.columns and n_trials:
+        counts = importance_df.groupby("param")["n_active"].max()
+        labels = []
+        for name in table.index:
+            count = int(counts.get(name, n_trials))
+            scored = table.loc[name].notna().any()
+            if count < n_trials or not scored:
+                labels.append(f"{name} (active in {count}/{n_trials}" + ("" if scored else ": not scored") + ")")
+            else:
+                labels.append(name)
 
     figure = _figure(7.5, 2.0 + 0.14 * len(table) * max(2, len(evaluators)))
     ax = figure.subplots()
@@ -435,11 +479,20 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
         offset = ((len(evaluators) - 1) / 2 - index) * height  # first evaluator on top
         style = {"color": color, "alpha": 0.85} if index == 0 else {
             "facecolor": "white", "edgecolor": color, "hatch": "///"}
-        ax.barh(positions + offset, table[evaluator].fillna(0).to_numpy(), height=height,
+        values = table[evaluator].fillna(0).to_numpy()
+        ax.barh(positions + offset, values, height=height,
                 label=_EVALUATOR_LABELS.get(evaluator, evaluator), **style)
-    ax.set_yticks(positions, table.index)
+        if has_ci and evaluator in low.columns:
+            lo = low[evaluator].to_numpy(dtype=float)
+            hi = high[evaluator].to_numpy(dtype=float)
+            keep = np.isfinite(lo) & np.isfinite(hi)
+            error = np.vstack([np.clip(values - lo, 0, None), np.clip(hi - values, 0, None)])
+            ax.errorbar(values[keep], (positions + offset)[keep], xerr=error[:, keep], fmt="none",
+                        ecolor="black", elinewidth=1.0, capsize=2)
+    ax.set_yticks(positions, labels)
     ax.set_ylim(-0.6, len(table) - 0.4)
-    ax.set_xlabel("importance (normalised: sums to 1 per method)")
+    xlabel = "importance (normalised: sums to 1 per method)"
+    ax.set_xlabel(xlabel + ("; bars: bootstrap 95% interval over trials" if has_ci else ""))
     ax.set_ylabel("hyperparameter")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
@@ -511,11 +564,14 @@ def plot_sensitivity(
     *,
     sampler: str = "random",
     ncols: int | None = None,
+    inactive: Any = REGISTRY,
 ) -> SavedFigure:
     """Accuracy against each hyperparameter of one (dataset, model), one panel per parameter.
 
     Uses the valid trials of ``sampler`` (default ``random``: an unbiased sample
-    of the space). Continuous and wide integer parameters: scatter of
+    of the space), and in each panel only the trials where that parameter is
+    active (``inactive``: see :mod:`bioplaus.analysis.active`); a panel whose
+    parameter is inactive in some trials says so in its corner ("active in k/n"). Continuous and wide integer parameters: scatter of
     (value, accuracy) with a smoothed trend (black line: :func:`rank_lowess`, a
     local linear fit on the ranks of the value; log x-axis for log-scale
     parameters). Booleans, categoricals and integers with at most 8 values: a
@@ -538,16 +594,23 @@ def plot_sensitivity(
     nrows = int(np.ceil(len(names) / ncols))
     figure = _figure(3.1 * ncols, 2.55 * nrows + 0.9)
     axes = figure.subplots(nrows, ncols, squeeze=False, sharey=True)
-    accuracy = frame["accuracy"].to_numpy(dtype=float)
+    all_accuracy = frame["accuracy"].to_numpy(dtype=float)
     chance = float(frame["chance"].median())
-    low, high = _accuracy_limits(accuracy, chance)
+    low, high = _accuracy_limits(all_accuracy, chance)
     color = model_color(model)
     rng = np.random.default_rng(0)
+    active = active_matrix(frame, {n: space[n] for n in names}, inactive=inactive)
 
     for index, name in enumerate(names):
         ax = axes.flat[index]
         distribution = space[name]
-        values = frame[f"param_{name}"]
+        keep_rows = active[name].to_numpy()
+        values = frame.loc[keep_rows, f"param_{name}"]
+        accuracy = all_accuracy[keep_rows]
+        if keep_rows.sum() < len(frame):
+            ax.text(0.02, 0.97, f"active in {int(keep_rows.sum())}/{len(frame)}", transform=ax.transAxes,
+                    ha="left", va="top", fontsize=7.5,
+                    bbox={"facecolor": "white", "edgecolor": "grey", "alpha": 0.8, "pad": 1.5})
         if _is_discrete(distribution):
             if isinstance(distribution, CategoricalDistribution):
                 levels = list(distribution.choices)
@@ -598,8 +661,59 @@ def plot_sensitivity(
     figure.suptitle(_title_for(
         figure,
         f"Accuracy against each hyperparameter: {model_label(model)} on {dataset_label(dataset)} "
-        f"({len(frame)} {SAMPLER_LABELS.get(sampler, sampler)} configurations; "
-        "black line = smoothed trend (LOWESS on ranks), dotted = chance)",
+        f"({len(frame)} {SAMPLER_LABELS.get(sampler, sampler)} configurations, each panel only "
+        "those where the parameter is active; black line = smoothed trend (LOWESS on ranks), "
+        "dotted = chance)",
         11), fontsize=11,
     )
+    return _save(figure, stem)
+
+
+# ----------------------------------------------------------------------------- trials needed
+def plot_expected_max(curves: pd.DataFrame, stem: str | Path, *, dataset: str | None = None,
+                      chance: float | None = None, defaults: pd.DataFrame | None = None) -> SavedFigure:
+    """Expected best accuracy after k random trials, one curve (with its band) per model, one dataset.
+
+    ``curves``: :func:`bioplaus.analysis.trials_needed.expected_max_curves` rows
+    (one dataset, or pick it with ``dataset``). Line: the unbiased estimate
+    (Tang et al. 2020); band: the bootstrap interval. ``defaults``
+    (:func:`bioplaus.analysis.tunability.tunability` rows) adds each model's
+    default accuracy as a dotted horizontal line. Log-scale k axis.
+    """
+    frame = curves if dataset is None else curves[curves["dataset"] == dataset]
+    if frame.empty:
+        raise ValueError(f"plot_expected_max: no curves{'' if dataset is None else ' for ' + dataset}")
+    datasets = frame["dataset"].unique()
+    if len(datasets) != 1:
+        raise ValueError("plot_expected_max draws one dataset; got " + ", ".join(map(str, datasets)))
+    dataset = datasets[0]
+    models = _ordered(frame["model"], MODEL_ORDER)
+    figure = _figure(7.0, 5.2)
+    ax = figure.subplots()
+    for model in models:
+        rows = frame[frame["model"] == model].sort_values("k")
+        color, style = model_color(model, models), model_linestyle(model, models)
+        n = int(rows["n"].iloc[0])
+        ax.fill_between(rows["k"], rows["lo"], rows["hi"], color=color, alpha=0.18, linewidth=0)
+        ax.plot(rows["k"], rows["expected_max"], color=color, linestyle=style, linewidth=2.0,
+                label=f"{model_label(model)} (n={n})")
+        if defaults is not None:
+            match = defaults[(defaults["dataset"] == dataset) & (defaults["model"] == model)]
+            if len(match) and np.isfinite(match["default"].iloc[0]):
+                ax.axhline(match["default"].iloc[0], color=color, linestyle=":", linewidth=1.3)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("number of uniformly random configurations tried, k (log scale)")
+    ax.set_ylabel(f"expected best {ACCURACY_LABEL} after k trials")
+    ax.grid(alpha=0.3, which="both")
+    handles, labels = ax.get_legend_handles_labels()
+    if defaults is not None:
+        handles.append(Line2D([], [], color="black", linestyle=":", label="default setting (refitted mean)"))
+    handles.append(Patch(facecolor="grey", alpha=0.3, label="bootstrap 95% band"))
+    ncol = _legend_columns(figure, [h.get_label() for h in handles], min(len(models), 4), fontsize=9)
+    figure.legend(handles=_row_major(handles, ncol), loc="outside lower center", ncol=ncol,
+                  fontsize=9, frameon=False)
+    ax.set_title(_title_for(figure, f"How many random trials does each rule need? {dataset_label(dataset)}: "
+                            "expected best accuracy after k trials (unbiased estimator)", 11), fontsize=11)
     return _save(figure, stem)

@@ -233,20 +233,51 @@ def _ci(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def is_backprop(model: str) -> bool:
+    """Whether ``model`` is a backprop baseline (``ModelSpec.backprop``; unknown models: False)."""
+    from bioplaus.errors import ConfigError
+    from bioplaus.models import get_model
+
+    try:
+        return bool(get_model(model).backprop)
+    except ConfigError:
+        return False
+
+
+def comparison_pairs(models: Sequence[str], *, reference_model: str | None = None,
+                     baselines: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(reference, other) pairs :func:`compare` tests, in a fixed order.
+
+    With ``reference_model``: it against every other model. Otherwise every
+    model that is not a backprop baseline against each baseline (``baselines``,
+    default: the models whose ``ModelSpec.backprop`` is True; a model unknown to
+    the registry counts as a rule, not a baseline).
+    """
+    models = sorted(dict.fromkeys(models))
+    if reference_model is not None:
+        return [(reference_model, m) for m in models if m != reference_model]
+    base = set(baselines) if baselines is not None else {m for m in models if is_backprop(m)}
+    return [(rule, b) for rule in models if rule not in base for b in models if b in base]
+
+
 def compare(
     trials: pd.DataFrame,
     *,
-    reference_model: str = "segdend",
+    reference_model: str | None = None,
+    baselines: Sequence[str] | None = None,
     sampler: str | None = "random",
     source: str = "ours",
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per dataset, the ``reference_model``'s accuracy distribution against each other model's.
+    """Per dataset, each rule's accuracy distribution against each backprop baseline's.
 
-    Uses the valid trials of ``sampler`` (default ``random``: a uniform sample of
-    each search space; ``None`` pools all samplers) and ``source``. For every
-    dataset holding the reference model and another model, one row with:
+    The pairs are :func:`comparison_pairs` (every non-backprop model against
+    each backprop model, or ``reference_model`` against every other model); the
+    column ``reference_model`` holds the rule, ``model`` the baseline. Uses the
+    valid trials of ``sampler`` (default ``random``: a uniform sample of each
+    search space; ``None`` pools all samplers) and ``source``. For every dataset
+    holding both models of a pair, one row with:
 
     * ``n_reference``, ``n_other``; ``median_reference``, ``median_other``,
       ``median_diff`` (= reference - other) and ``learns_reference``,
@@ -268,21 +299,25 @@ def compare(
         frame = frame[frame["sampler"] == sampler]
     rng = np.random.default_rng(seed)
     rows = []
+    pairs = comparison_pairs(frame["model"].astype(str), reference_model=reference_model,
+                             baselines=baselines)
     for dataset, group in frame.groupby("dataset", sort=True):
-        ref = group[group["model"] == reference_model]
-        if ref.empty:
-            continue
-        ref_acc = ref["accuracy"].to_numpy(dtype=np.float64)
-        ref_chance = ref["chance"].to_numpy(dtype=np.float64)
-        ref_med, ref_learn = _bootstrap(ref_acc, ref_chance, n_boot, rng)
-        for model, other in group[group["model"] != reference_model].groupby("model", sort=True):
+        present = set(group["model"].astype(str))
+        for rule, model in pairs:
+            if rule not in present or model not in present:
+                continue
+            ref = group[group["model"] == rule]
+            other = group[group["model"] == model]
+            ref_acc = ref["accuracy"].to_numpy(dtype=np.float64)
+            ref_chance = ref["chance"].to_numpy(dtype=np.float64)
+            ref_med, ref_learn = _bootstrap(ref_acc, ref_chance, n_boot, rng)
             acc = other["accuracy"].to_numpy(dtype=np.float64)
             chance = other["chance"].to_numpy(dtype=np.float64)
             med, learn = _bootstrap(acc, chance, n_boot, rng)
             result = mannwhitneyu(ref_acc, acc, alternative="two-sided")
             u = float(result.statistic)
             row = {
-                "dataset": dataset, "reference_model": reference_model, "model": model,
+                "dataset": dataset, "reference_model": rule, "model": model,
                 "sampler": sampler if sampler is not None else "all",
                 "n_reference": len(ref_acc), "n_other": len(acc),
             }
