@@ -142,9 +142,9 @@ def _score(points, accuracy, active, space, names, rule, parents, seed, min_acti
             raw[label].update({n: 0.0 for n in names if counts[n] >= min_active})
         return raw
     surrogate = Surrogate.fit(points, accuracy, space, rule, seed=seed, parents=parents)
-    for name in names:
-        if counts[name] >= min_active:
-            raw["fanova"][name] = surrogate.main_effect(name)["fraction"]
+    scored = [n for n in names if counts[n] >= min_active]
+    for name, effect in surrogate.main_effects(scored).items():
+        raw["fanova"][name] = effect["fraction"]
     patterns: dict[bytes, list[str]] = {}
     for name in names:
         patterns.setdefault(active[:, columns[name]].tobytes(), []).append(name)
@@ -282,7 +282,7 @@ def interactions(
     seed: int = 0,
     inactive: Any = REGISTRY,
     top: int = 10,
-    candidates: int = 8,
+    candidates: int = 10,
     n_boot: int = 0,
     level: float = 0.95,
     min_trials: int = MIN_IMPORTANCE_TRIALS,
@@ -316,7 +316,7 @@ def interactions(
         accuracy = group["accuracy"].to_numpy(dtype=np.float64)
         surrogate = Surrogate.fit(points, accuracy, model_space, rule, seed=seed)
         names = [n for n, d in model_space.items() if not d.single()]
-        main = {n: surrogate.main_effect(n)["fraction"] for n in names}
+        main = {n: e["fraction"] for n, e in surrogate.main_effects(names).items()}
         ranked = sorted((n for n in names if np.isfinite(main[n])), key=lambda n: -main[n])
         chosen = ranked[:candidates]
         pairs = []

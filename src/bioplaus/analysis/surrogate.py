@@ -57,7 +57,7 @@ GRID_POINTS = 16
 #: grid per parameter for a pairwise interaction (PAIR_GRID_POINTS ** 2 cells)
 PAIR_GRID_POINTS = 6
 #: trees of the surrogate forest
-N_TREES = 100
+N_TREES = 64
 #: leaf size of the surrogate's trees (smooths the noise of single trials)
 MIN_SAMPLES_LEAF = 2
 
@@ -224,19 +224,33 @@ class Surrogate:
         Returns ``{"grid", "weights", "marginal", "fraction", "n_active"}``;
         ``fraction`` is NaN when ``name`` is active in fewer than 2 trials.
         """
-        rows = self._active_rows(name)
-        values, weights = grid([self.points[r][name] for r in rows], self.encoder.space[name], size)
-        if len(rows) < 2 or len(values) == 0:
-            return {"grid": values, "weights": weights, "marginal": np.array([]),
-                    "fraction": np.nan, "n_active": len(rows)}
-        P = self.forest_.predict(np.vstack([self._set(rows, {name: v}) for v in values]))
-        P = P.reshape(len(values), len(rows))
-        marginal = P.mean(axis=1)
-        f0 = float(weights @ marginal)
-        total = float(weights @ ((P - f0) ** 2).mean(axis=1))
-        main = float(weights @ (marginal - f0) ** 2)
-        return {"grid": values, "weights": weights, "marginal": marginal,
-                "fraction": main / total if total > 0 else 0.0, "n_active": len(rows)}
+        return self.main_effects([name], size)[name]
+
+    def main_effects(self, names: Sequence[str], size: int = GRID_POINTS) -> dict[str, dict[str, Any]]:
+        """:meth:`main_effect` of each of ``names``, with one forest prediction for all of them."""
+        plans, blocks = {}, []
+        for name in names:
+            rows = self._active_rows(name)
+            values, weights = grid([self.points[r][name] for r in rows], self.encoder.space[name], size)
+            plans[name] = (rows, values, weights, len(blocks))
+            if len(rows) >= 2 and len(values):
+                blocks += [self._set(rows, {name: v}) for v in values]
+        predictions = self.forest_.predict(np.vstack(blocks)) if blocks else np.array([])
+        sizes = np.cumsum([0] + [len(b) for b in blocks])
+        out = {}
+        for name, (rows, values, weights, first) in plans.items():
+            if len(rows) < 2 or not len(values):
+                out[name] = {"grid": values, "weights": weights, "marginal": np.array([]),
+                             "fraction": np.nan, "n_active": len(rows)}
+                continue
+            P = predictions[sizes[first]:sizes[first + len(values)]].reshape(len(values), len(rows))
+            marginal = P.mean(axis=1)
+            f0 = float(weights @ marginal)
+            total = float(weights @ ((P - f0) ** 2).mean(axis=1))
+            main = float(weights @ (marginal - f0) ** 2)
+            out[name] = {"grid": values, "weights": weights, "marginal": marginal,
+                         "fraction": main / total if total > 0 else 0.0, "n_active": len(rows)}
+        return out
 
     def pair_effect(self, first: str, second: str, size: int = PAIR_GRID_POINTS) -> dict[str, Any]:
         """Variance fraction of the pure interaction of two parameters (module docstring)."""
