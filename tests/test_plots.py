@@ -182,7 +182,8 @@ def test_importance_bars(tmp_path):
     ax = saved.figure.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["batch_size", "learning_rate"]
     assert "importance" in ax.get_xlabel()
-    assert "Backprop MLP" in ax.get_title() and "MNIST" in ax.get_title()
+    title = saved.figure.get_suptitle()  # over the whole figure, so long parameter labels do not cut it
+    assert "Backprop MLP" in title and "MNIST" in title
     widths = sorted(round(p.get_width(), 3) for p in ax.patches)
     assert widths == [0.1, 0.3, 0.7, 0.9]
     two_groups = pd.concat([_importance_table(), _importance_table().assign(model="cnn")])

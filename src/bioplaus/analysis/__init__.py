@@ -3,8 +3,14 @@
 The package owns everything done after the studies have run: reading
 ``trials.csv``/``repeats.csv`` (:mod:`~bioplaus.analysis.loading`), the
 robustness metrics, the summary table, the "learns" curves and the model
-comparison (:mod:`~bioplaus.analysis.statistics`), hyperparameter importance
-(:mod:`~bioplaus.analysis.importance`), the figures
+comparison (:mod:`~bioplaus.analysis.statistics`), which parameters each trial
+left inactive (:mod:`~bioplaus.analysis.active`), hyperparameter importance
+with bootstrap intervals and interactions (:mod:`~bioplaus.analysis.importance`,
+on the random-forest surrogate of :mod:`~bioplaus.analysis.surrogate`),
+tunability (:mod:`~bioplaus.analysis.tunability`), the expected best accuracy
+after k trials (:mod:`~bioplaus.analysis.trials_needed`), IQM and probability
+of improvement (:mod:`~bioplaus.analysis.aggregates`), the transfer regret
+table (:mod:`~bioplaus.analysis.transfer`), the figures
 (:mod:`~bioplaus.analysis.figures`, imported on demand: ``from bioplaus.analysis
 import figures``, so that tables need no matplotlib) and the reader of the
 2019 study's logs (:mod:`~bioplaus.analysis.reference`). It knows nothing of
@@ -14,7 +20,9 @@ optuna storages, Snakemake or the command line; it uses the model registry
     from bioplaus.analysis import compare, importance, learns_curve, load_trials, summarize
 """
 
-from bioplaus.analysis.importance import MIN_IMPORTANCE_TRIALS, importance
+from bioplaus.analysis.active import REGISTRY, active_matrix, n_active
+from bioplaus.analysis.aggregates import improvement_table, iqm, iqm_table, probability_of_improvement
+from bioplaus.analysis.importance import MIN_IMPORTANCE_TRIALS, importance, interactions
 from bioplaus.analysis.loading import BASE_COLUMNS, FLAG_COLUMNS, load_trials
 from bioplaus.analysis.reference import ReferenceLogError, load_reference_logs, read_reference_log
 from bioplaus.analysis.statistics import (
@@ -25,6 +33,8 @@ from bioplaus.analysis.statistics import (
     THRESHOLD_TOLERANCE,
     at_chance,
     compare,
+    comparison_pairs,
+    is_backprop,
     learns,
     learns_curve,
     near_best,
@@ -32,8 +42,28 @@ from bioplaus.analysis.statistics import (
     summarize,
     valid_mask,
 )
+from bioplaus.analysis.transfer import transfer_table
+from bioplaus.analysis.trials_needed import expected_max, expected_max_curves, trials_to_reach
+from bioplaus.analysis.tunability import tunability, tunability_shares, tuning_risk
 
 __all__ = [
+    "REGISTRY",
+    "active_matrix",
+    "comparison_pairs",
+    "expected_max",
+    "expected_max_curves",
+    "improvement_table",
+    "interactions",
+    "iqm",
+    "iqm_table",
+    "is_backprop",
+    "n_active",
+    "probability_of_improvement",
+    "transfer_table",
+    "trials_to_reach",
+    "tunability",
+    "tunability_shares",
+    "tuning_risk",
     "AT_CHANCE_MARGIN",
     "BASE_COLUMNS",
     "FLAG_COLUMNS",

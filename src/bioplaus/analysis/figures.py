@@ -470,7 +470,8 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
             else:
                 labels.append(name)
 
-    figure = _figure(7.5, 2.0 + 0.14 * len(table) * max(2, len(evaluators)))
+    figure = _figure(8.5 if any("active in" in label for label in labels) else 7.5,
+                     2.0 + 0.14 * len(table) * max(2, len(evaluators)))
     ax = figure.subplots()
     positions = np.arange(len(table))
     height = 0.8 / len(evaluators)
@@ -491,14 +492,14 @@ def plot_importance(importance_df: pd.DataFrame, stem: str | Path) -> SavedFigur
                         ecolor="black", elinewidth=1.0, capsize=2)
     ax.set_yticks(positions, labels)
     ax.set_ylim(-0.6, len(table) - 0.4)
-    xlabel = "importance (normalised: sums to 1 per method)"
-    ax.set_xlabel(xlabel + ("; bars: bootstrap 95% interval over trials" if has_ci else ""))
+    ax.set_xlabel("importance (sums to 1 per method)"
+                  + ("\nerror bars: bootstrap 95% interval over trials" if has_ci else ""))
     ax.set_ylabel("hyperparameter")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     suffix = f", {n_trials} random configurations" if n_trials else ""
-    ax.set_title(_title_for(figure, f"Which hyperparameters matter? {model_label(model)} on "
-                            f"{dataset_label(dataset)}{suffix}", 11), fontsize=11)
+    figure.suptitle(_title_for(figure, f"Which hyperparameters matter? {model_label(model)} on "
+                               f"{dataset_label(dataset)}{suffix}", 11), fontsize=11)
     return _save(figure, stem)
 
 
@@ -704,6 +705,10 @@ def plot_expected_max(curves: pd.DataFrame, stem: str | Path, *, dataset: str | 
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
+    n_max = int(frame["k"].max())
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if t <= n_max]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("number of uniformly random configurations tried, k (log scale)")
     ax.set_ylabel(f"expected best {ACCURACY_LABEL} after k trials")
     ax.grid(alpha=0.3, which="both")

@@ -140,3 +140,24 @@ def cmd_repeats(args) -> None:
         epochs=args.epochs, options=options, time_limit=args.time_limit, n_jobs=_threads(args.threads),
         out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
     )
+
+
+def cmd_transfer(args) -> None:
+    from bioplaus.data import load_prepared
+    from bioplaus.study.transfer import run_transfer
+
+    data = load_prepared(args.data)
+    best: dict[str, dict[str, str]] = {}
+    for item in args.best or []:
+        key, _, path = item.partition("=")
+        dataset, _, sampler = key.partition(":")
+        if not path or not sampler:
+            raise ConfigError(f"--best {item!r}: expected DATASET:SAMPLER=path/to/best.json")
+        best.setdefault(dataset, {})[sampler] = path
+    options = _json_arg(args.options)
+    run_transfer(
+        target=args.dataset or data.name, model=args.model, best_by_dataset=best, X=data.X, y=data.y,
+        input_shape=data.input_shape, repeats=args.repeats, seed=args.seed, n_folds=args.folds,
+        epochs=args.epochs, options=options, time_limit=args.time_limit, n_jobs=_threads(args.threads),
+        out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
