@@ -31,9 +31,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/study.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/robustness.smk"
 
 
 rule all:
     input:
         all_targets(),
+        robustness_targets(),
     default_target: True

@@ -37,6 +37,10 @@ def test_regret_against_the_refitted_best_or_the_best_trial():
     mnist = table.loc["mnist"]  # no repeats of mnist's best: the best trial
     assert mnist["target_best_kind"] == "trial" and mnist["regret"] == pytest.approx(0.95 - 0.55)
     assert transfer_table(rows.iloc[:0]).empty
+    invalid = rows.assign(invalid=rows["source_dataset"] == "fashion")
+    invalid["accuracy"] = invalid["accuracy"].where(~invalid["invalid"])
+    mnist = transfer_table(invalid, trials=trials).set_index("target_dataset").loc["mnist"]
+    assert mnist["n_invalid"] == 2 and mnist["n_repeats"] == 0 and np.isnan(mnist["regret"])
     with pytest.raises(ValueError, match="source_dataset"):
         transfer_table(rows.drop(columns="source_dataset"))
 

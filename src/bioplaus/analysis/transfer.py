@@ -9,7 +9,9 @@ Definitions, per (source dataset *s*, target dataset *t*, model):
 
 * ``accuracy`` / ``accuracy_sd``: mean and standard deviation (ddof=1) over
   the ``n_repeats`` valid refits on *t* of the best configuration found on *s*
-  (the most accurate of *s*'s ``best.json`` files).
+  (the most accurate of *s*'s ``best.json`` files); ``n_invalid`` counts refits
+  where the configuration cannot run on *t* (a CNN geometry too large for its
+  images): all invalid gives NaN accuracy and regret.
 * ``target_best``: the per-dataset best of *t*: the mean refitted accuracy of
   *t*'s own best configurations (``repeats.csv`` sources ``best_*``, the best of
   them; ``target_best_kind == "refit"``), else the best valid trial accuracy
@@ -33,7 +35,8 @@ from bioplaus.analysis.statistics import valid_mask
 
 TRANSFER_TABLE_COLUMNS = [
     "source_dataset", "target_dataset", "model", "source_sampler", "source_accuracy", "accuracy",
-    "accuracy_sd", "n_repeats", "target_best", "target_best_kind", "regret", "regret_normalised",
+    "accuracy_sd", "n_repeats", "n_invalid",
+    "target_best", "target_best_kind", "regret", "regret_normalised",
 ]
 
 
@@ -66,13 +69,13 @@ def transfer_table(rows: pd.DataFrame, *, trials: pd.DataFrame | None = None,
     out = []
     if len(rows):
         frame = _prepare(rows)
-        frame = frame[valid_mask(frame)]
+        frame["_valid"] = valid_mask(frame)
         keys = ["source_dataset", "dataset", "model"]
         for (source, target, model), group in frame.groupby(keys, sort=True):
-            acc = group["accuracy"].to_numpy(dtype=float)
+            acc = group.loc[group["_valid"], "accuracy"].to_numpy(dtype=float)
             best, kind = _target_best(trials, repeats, target, model)
             chance = float(group["chance"].median())
-            mean = float(acc.mean())
+            mean = float(acc.mean()) if len(acc) else np.nan
             regret = best - mean
             out.append({
                 "source_dataset": source, "target_dataset": target, "model": model,
@@ -80,7 +83,7 @@ def transfer_table(rows: pd.DataFrame, *, trials: pd.DataFrame | None = None,
                 "source_accuracy": (float(group["source_accuracy"].iloc[0])
                                     if "source_accuracy" in group else np.nan),
                 "accuracy": mean, "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
-                "n_repeats": len(acc), "target_best": best, "target_best_kind": kind, "regret": regret,
+                "n_repeats": len(acc), "n_invalid": int(group["invalid"].sum()), "target_best": best, "target_best_kind": kind, "regret": regret,
                 "regret_normalised": regret / (best - chance) if best - chance > 0 else np.nan,
             })
     return pd.DataFrame(out, columns=TRANSFER_TABLE_COLUMNS)
