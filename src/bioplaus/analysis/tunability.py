@@ -33,7 +33,8 @@ random trials (no new runs):
 * ``d_j = max_v f(default with x_j = v) - f(default)`` over the grid of *j*'s
   active trial values (:func:`bioplaus.analysis.surrogate.grid`; activity
   re-derived at each point, so raising ``num_layers`` of the default brings in
-  the default's widths); ``share = d_j / d``. A parameter inactive at the default
+  the default's widths); ``share = d_j / d`` (NaN when ``d`` is not positive:
+  nothing to recover, or no measured default). A parameter inactive at the default
   and not changing any other's activity gets ``d_j = 0``: tuning it alone does
   nothing.
 * ``share_marginal = (max_v a_j(v) - f(default)) / d``, with ``a_j`` the
