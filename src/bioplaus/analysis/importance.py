@@ -28,7 +28,10 @@ Uncertainty: a percentile bootstrap over trials (Efron & Tibshirani 1993, "An
 introduction to the bootstrap", ch. 13): ``n_boot`` resamples of the valid
 trials with replacement, each scored as above (forest refitted);
 ``lo``/``hi`` are the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of
-the replicates of ``importance`` (for interactions: of ``fraction``).
+the replicates of ``importance`` (for interactions: of ``fraction``). A
+resample repeats trials, which a forest fits more closely, so the replicates
+of a dominant parameter's share sit a little below the estimate; the interval
+can then end just below it (seen on small samples). It is reported as is.
 """
 
 from __future__ import annotations
