@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from scipy.stats import rankdata
 from optuna.distributions import (
     BaseDistribution,
@@ -692,6 +692,7 @@ def plot_alignment(alignment: pd.DataFrame, stem: str | Path) -> SavedFigure:
         acc_ax.set_ylim(*_accuracy_limits(rows_d["accuracy"], chance))
         acc_ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
         acc_ax.set_xlabel("epochs of training (first fold)")
+        acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for ax in (angle_ax, acc_ax):
             ax.grid(alpha=0.3)
         if column == 0:
