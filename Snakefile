@@ -4,6 +4,7 @@
 # Targets (each rebuildable alone):
 #   results/<dataset>/<model>/<sampler>/trials.csv   one optimisation study
 #   results/<dataset>/<model>/repeats.csv            the noise floor
+#   results/<dataset>/<model>/alignment.csv          angle to backprop per epoch (rules that record it)
 #   results/<dataset>/<model>/importance.csv         hyperparameter importance
 #   results/summary.csv, results/comparison.csv      tables
 #   results/figures/*.png|pdf                        figures
@@ -30,6 +31,7 @@ validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "c
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/study.smk"
+include: "workflow/rules/alignment.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/robustness.smk"
 

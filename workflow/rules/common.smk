@@ -141,6 +141,7 @@ def all_targets():
             targets.append(f"{RESULTS}/comparison.csv")
     if REPEATS > 0:
         targets += expand(f"{RESULTS}/{{dataset}}/{{model}}/repeats.csv", dataset=DATASETS, model=MODELS)
+    targets += alignment_targets()  # workflow/rules/alignment.smk
     return targets
 
 

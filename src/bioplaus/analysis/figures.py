@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter
 from scipy.stats import rankdata
 from optuna.distributions import (
     BaseDistribution,
@@ -721,4 +721,116 @@ def plot_expected_max(curves: pd.DataFrame, stem: str | Path, *, dataset: str | 
                   fontsize=9, frameon=False)
     ax.set_title(_title_for(figure, f"How many random trials does each rule need? {dataset_label(dataset)}: "
                             "expected best accuracy after k trials (unbiased estimator)", 11), fontsize=11)
+
+
+# ----------------------------------------------------------------------------- alignment
+#: marker of each sampler's best configuration in the alignment figure (default: no marker)
+_SOURCE_MARKERS = {"gp": "o", "tpe": "s", "random": "^"}
+
+
+def _alignment_source_order(sources) -> list[str]:
+    best = [f"best_{s}" for s in SAMPLER_LABELS]
+    return _ordered(sources, ["default", *best])
+
+
+def _alignment_source_style(source: str) -> dict:
+    """Line style of a source: the default setting solid, each best configuration dashed with a marker."""
+    if source == "default":
+        return {"linestyle": "-", "marker": "", "linewidth": 2.0}
+    sampler = source.removeprefix("best_")
+    return {"linestyle": "--", "marker": _SOURCE_MARKERS.get(sampler, "D"), "markersize": 4, "linewidth": 1.4}
+
+
+def _alignment_source_label(source: str) -> str:
+    if source == "default":
+        return "published default setting"
+    sampler = source.removeprefix("best_")
+    return f"best of the {SAMPLER_LABELS.get(sampler, sampler)} search"
+
+
+def plot_alignment(alignment: pd.DataFrame, stem: str | Path) -> SavedFigure:
+    """Angle between each rule's hidden updates and backprop's gradient, against epoch; one column per dataset.
+
+    ``alignment`` holds rows of ``alignment.csv``
+    (:func:`bioplaus.study.alignment.run_alignment`). Top row: the angle in
+    degrees, mean over the hidden layers, after each epoch (x: epochs
+    completed, fractional where a run stopped inside an epoch); a dotted line
+    at 90 degrees (an update orthogonal to the gradient). Bottom row: held-out
+    accuracy of the same runs. One colour per model; the published default
+    setting solid, each sampler's best configuration dashed with its marker;
+    a cross marks the last epoch of a run that diverged or ran out of time.
+    Raises ``ValueError`` when no row has an angle.
+    """
+    frame = alignment.copy()
+    frame = frame[pd.to_numeric(frame["epoch"], errors="coerce").notna()]
+    frame["angle_deg"] = pd.to_numeric(frame["angle_deg"], errors="coerce")
+    if frame.empty or not frame["angle_deg"].notna().any():
+        raise ValueError("plot_alignment: no row with an angle to draw")
+    for flag in ("diverged", "timed_out"):
+        if flag in frame:
+            frame[flag] = frame[flag].astype(str).str.lower().isin(["true", "1", "1.0"])
+        else:
+            frame[flag] = False
+    keys = ["dataset", "model", "source", "epochs_completed"]
+    curves = (frame.groupby(keys, sort=True)
+              .agg(angle=("angle_deg", "mean"), accuracy=("accuracy", "first"), chance=("chance", "first"),
+                   stopped=("diverged", "any"), timed_out=("timed_out", "any"))
+              .reset_index())
+    curves["stopped"] |= curves["timed_out"]
+
+    datasets = _ordered(curves["dataset"], DATASET_ORDER)
+    models = _ordered(curves["model"], MODEL_ORDER)
+    sources = _alignment_source_order(curves["source"])
+    colors = {m: model_color(m) for m in models}
+    figure = _figure(max(6.5, 4.8 * len(datasets) + 0.6), 8.4)
+    axes = figure.subplots(2, len(datasets), squeeze=False, sharex="col")
+    top = float(np.nanmax(curves["angle"]))
+    any_stopped = False
+    for column, dataset in enumerate(datasets):
+        angle_ax, acc_ax = axes[:, column]
+        rows_d = curves[curves["dataset"] == dataset]
+        for model in models:
+            for source in sources:
+                rows = rows_d[(rows_d["model"] == model) & (rows_d["source"] == source)]
+                if rows.empty:
+                    continue
+                x = rows["epochs_completed"].to_numpy(dtype=float)
+                style = {"color": colors[model], **_alignment_source_style(source)}
+                angle_ax.plot(x, rows["angle"].to_numpy(dtype=float), **style)
+                acc_ax.plot(x, rows["accuracy"].to_numpy(dtype=float), **style)
+                if rows["stopped"].iloc[-1]:
+                    any_stopped = True
+                    for ax, value in ((angle_ax, rows["angle"].iloc[-1]), (acc_ax, rows["accuracy"].iloc[-1])):
+                        ax.plot([x[-1]], [value], marker="x", color=colors[model], markersize=9,
+                                markeredgewidth=2, linestyle="")
+        angle_ax.axhline(90.0, color="grey", linestyle=":", linewidth=1.2)
+        angle_ax.set_ylim(0.0, min(180.0, max(100.0, top + 5.0)))
+        angle_ax.set_title(dataset_label(dataset), fontsize=13, fontweight="bold")
+        chance = float(rows_d["chance"].median()) if rows_d["chance"].notna().any() else 0.0
+        acc_ax.set_ylim(*_accuracy_limits(rows_d["accuracy"], chance))
+        acc_ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
+        acc_ax.set_xlabel("epochs of training (first fold)")
+        acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for ax in (angle_ax, acc_ax):
+            ax.grid(alpha=0.3)
+        if column == 0:
+            angle_ax.set_ylabel("angle to backprop's gradient (degrees)\nmean over hidden layers")
+            acc_ax.set_ylabel("held-out accuracy (first fold)")
+
+    handles = [Line2D([], [], color=colors[m], linewidth=2.5, label=model_label(m)) for m in models]
+    handles += [Line2D([], [], color="black", label=_alignment_source_label(s), **_alignment_source_style(s))
+                for s in sources]
+    handles.append(Line2D([], [], color="grey", linestyle=":",
+                          label="dotted: 90° (orthogonal to the gradient); chance accuracy"))
+    if any_stopped:
+        handles.append(Line2D([], [], color="black", marker="x", linestyle="", markersize=8,
+                              markeredgewidth=2, label="diverged or out of time"))
+    ncol = _legend_columns(figure, [h.get_label() for h in handles], len(models), fontsize=9)
+    figure.legend(handles=_row_major(handles, ncol), loc="outside lower center", ncol=ncol,
+                  fontsize=9, frameon=False)
+    figure.suptitle(_title_for(
+        figure,
+        "Do the updates align with backprop? Angle between each rule's hidden-layer weight updates and "
+        "the backpropagated gradient on the same mini-batches, per epoch",
+        12), fontsize=12)
     return _save(figure, stem)

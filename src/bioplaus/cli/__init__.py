@@ -7,8 +7,9 @@ Snakemake rules call these subcommands; they can also be run by hand::
     bioplaus prepare digits --out results/data/digits
     bioplaus study --data results/data/digits --model mlp --sampler gp --out results/digits/mlp/gp --n-trials 20
     bioplaus export --data ... (write trials.csv/best.json from a study's storage, e.g. while it runs)
-    bioplaus repeats ... | transfer ... | summarize ... | figures ... | importance ... | sensitivity ... | compare ...
-    bioplaus tunability ... | trials-needed ... | aggregates ... | transfer-table ...
+    bioplaus repeats ... | alignment ... | transfer ... | summarize ... | figures ... | importance ...
+    bioplaus sensitivity ... | compare ... | alignment-figure ... | tunability ... | trials-needed ...
+    bioplaus aggregates ... | transfer-table ...
 
 Errors the user can act on (bad config, missing data, ...) print one message
 and exit with status 2, without a traceback.
@@ -27,7 +28,7 @@ import os
 import sys
 
 from bioplaus.cli.data import cmd_datasets, cmd_download, cmd_models, cmd_prepare
-from bioplaus.cli.study import STALE_AFTER_ENV, HEARTBEAT_ENV, cmd_export, cmd_repeats, cmd_study, cmd_transfer
+from bioplaus.cli.study import STALE_AFTER_ENV, HEARTBEAT_ENV, cmd_alignment, cmd_export, cmd_repeats, cmd_study, cmd_transfer
 from bioplaus.errors import BioplausError
 
 
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--best", nargs="*", help="DATASET:SAMPLER=path/to/best.json (this dataset's own are skipped)")
     s.set_defaults(func=cmd_transfer)
+
+    s = sub.add_parser("alignment", help="angle to backprop per epoch of the default and best configurations")
+    study_args(s, with_sampler=False)
+    s.add_argument("--best", nargs="*", help="SAMPLER=path/to/best.json")
+    s.add_argument("--repeat", type=int, default=0,
+                   help="train with the seeds of this noise-floor repeat (first fold of its split)")
+    s.set_defaults(func=cmd_alignment)
 
     from bioplaus.cli import analysis  # unconditional: a broken import must fail, not hide commands
 

@@ -212,6 +212,24 @@ def cmd_transfer_table(args) -> None:
     _write(transfer_table(rows, trials=trials, repeats=repeats), args.out)
 
 
+def cmd_alignment_figure(args) -> None:
+    import pandas as pd
+
+    from bioplaus.analysis import figures
+
+    frames = [pd.read_csv(path) for path in args.alignment]
+    stem = _stem(args.out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    try:
+        paths = figures.plot_alignment(table, stem)
+    except ValueError as exc:  # nothing to draw (every run invalid): the target still exists, saying why
+        _notice_figure(stem, f"No alignment figure: {exc}")
+        print(f"alignment figure not drawn: {exc}", file=sys.stderr)
+        return
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("summarize", help="summary.csv: accuracy distribution and robustness metrics per study")
     s.add_argument("--trials", nargs="+", required=True)
@@ -290,3 +308,8 @@ def add_commands(sub) -> None:
     s.add_argument("--repeats", nargs="*", default=None)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_transfer_table)
+
+    s = sub.add_parser("alignment-figure", help="angle to backprop against epoch, from alignment.csv files")
+    s.add_argument("--alignment", nargs="+", required=True, help="alignment.csv files (bioplaus alignment)")
+    s.add_argument("--out", required=True, help="output stem (.png and .pdf are written)")
+    s.set_defaults(func=cmd_alignment_figure)

@@ -1,4 +1,4 @@
-"""``bioplaus study | export | repeats``: run or resume a study, write its tables, the noise floor.
+"""``bioplaus study | export | repeats | alignment``: run or resume a study, write its tables, the noise floor, alignment.
 
 The top of the settings path for the study layer: values come from the
 command line (the workflow builds it from the config) and, for what a
@@ -161,3 +161,31 @@ def cmd_transfer(args) -> None:
         epochs=args.epochs, options=options, time_limit=args.time_limit, n_jobs=_threads(args.threads),
         out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
     )
+
+
+def _best_files(items) -> dict:
+    """``{sampler: path}`` from ``SAMPLER=path`` arguments."""
+    best = {}
+    for item in items or []:
+        sampler, sep, path = item.partition("=")
+        if not sep or not sampler or not path:
+            raise ConfigError(f"--best {item!r}: expected SAMPLER=path/to/best.json")
+        best[sampler] = path
+    return best
+
+
+def cmd_alignment(args) -> None:
+    from bioplaus.data import load_prepared
+    from bioplaus.study import sources_from_best
+    from bioplaus.study.alignment import run_alignment
+
+    data = load_prepared(args.data)
+    options = _json_arg(args.options)
+    sources = sources_from_best(_best_files(args.best), args.model, options)
+    run_alignment(
+        dataset=args.dataset or data.name, model=args.model, sources=sources, X=data.X, y=data.y,
+        input_shape=data.input_shape, seed=args.seed, n_folds=args.folds, epochs=args.epochs,
+        options=options, repeat=args.repeat, time_limit=args.time_limit, n_jobs=_threads(args.threads),
+        out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    print(f"wrote {args.out}", file=sys.stderr)

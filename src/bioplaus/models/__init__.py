@@ -12,6 +12,10 @@ from bioplaus.models.registry import ModelSpec, available_models, get_model
 _LAZY = {
     "SegregatedDendriteClassifier": "bioplaus.models.segdend",
     "CNNClassifier": "bioplaus.models.cnn",
+    "FeedbackAlignmentClassifier": "bioplaus.models.feedback_alignment",
+    "DirectFeedbackAlignmentClassifier": "bioplaus.models.feedback_alignment",
+    "SignSymmetryClassifier": "bioplaus.models.feedback_alignment",
+    "BurstpropClassifier": "bioplaus.models.burstprop",
 }
 
 __all__ = ["ModelSpec", "available_models", "get_model", *_LAZY]

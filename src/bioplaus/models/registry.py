@@ -1,7 +1,9 @@
 """The model registry: a model is an estimator factory plus its search space.
 
-Each built-in model lives in its own module that defines a module-level
-``SPEC = ModelSpec(...)``; the registry imports that module on first use. A
+Each built-in model lives in a module that defines a module-level
+``SPEC = ModelSpec(...)`` (or, for modules holding several models, one named
+attribute, written ``"module:ATTRIBUTE"`` in ``_BUILTIN``); the registry
+imports that module on first use. A
 model from outside the package plugs in without touching the pipeline or the
 workflow, in either of two ways:
 
@@ -137,6 +139,10 @@ _BUILTIN: dict[str, str] = {
     "mlp": "bioplaus.models.mlp",
     "cnn": "bioplaus.models.cnn",
     "segdend": "bioplaus.models.segdend",
+    "fa": "bioplaus.models.feedback_alignment:FA_SPEC",
+    "dfa": "bioplaus.models.feedback_alignment:DFA_SPEC",
+    "sign": "bioplaus.models.feedback_alignment:SIGN_SPEC",
+    "burstprop": "bioplaus.models.burstprop",
 }
 _REGISTERED: dict[str, ModelSpec] = {}
 
@@ -210,11 +216,13 @@ def get_model(name: str) -> ModelSpec:
             f"unknown model {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
             + f"; registered models: {', '.join(available_models())}"
         )
+    module_name, _, attribute = _BUILTIN[name].partition(":")
+    attribute = attribute or "SPEC"
     try:
-        module = importlib.import_module(_BUILTIN[name])
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:  # a model whose module is not installed
         raise ConfigError(f"model {name!r} is not available: {exc}") from exc
-    spec = getattr(module, "SPEC", None)
+    spec = getattr(module, attribute, None)
     if not isinstance(spec, ModelSpec):
-        raise ConfigError(f"module {_BUILTIN[name]} defines no ModelSpec named SPEC")
+        raise ConfigError(f"module {module_name} defines no ModelSpec named {attribute}")
     return spec

@@ -9,12 +9,14 @@ the worker loop that any number of processes run on one study
 (:mod:`~bioplaus.study.worker`) with its slot accounting
 (:mod:`~bioplaus.study.slots`) and dead-worker recovery
 (:mod:`~bioplaus.study.liveness`), the tables ``trials.csv``/``best.json``
-(:mod:`~bioplaus.study.export`) and the noise-floor repeats
-(:mod:`~bioplaus.study.repeats`). It uses the model registry
+(:mod:`~bioplaus.study.export`), the noise-floor repeats
+(:mod:`~bioplaus.study.repeats`) and the alignment record per epoch
+(:mod:`~bioplaus.study.alignment`). It uses the model registry
 (:mod:`bioplaus.models.registry`) and :mod:`bioplaus.errors`, and knows
 nothing of the command line or the analysis.
 """
 
+from bioplaus.study.alignment import run_alignment, supports_alignment
 from bioplaus.study.evaluation import EvaluationResult, FoldResult, evaluate, fold_splits, split_seed_for
 from bioplaus.study.export import best_record, trials_frame, write_atomic, write_outputs
 from bioplaus.study.liveness import HEARTBEAT_SECONDS, STALE_AFTER_SECONDS, check_liveness, recover_stale_trials
@@ -37,7 +39,7 @@ __all__ = [
     "EvaluationResult", "FoldResult", "evaluate", "fold_splits", "split_seed_for",
     "best_record", "trials_frame", "write_atomic", "write_outputs",
     "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS", "check_liveness", "recover_stale_trials",
-    "run_repeats", "sources_from_best",
+    "run_repeats", "sources_from_best", "run_alignment", "supports_alignment",
     "MODEL_BASED_SAMPLERS", "SAMPLER_STREAMS", "SAMPLERS", "SkoptGPSampler", "make_sampler", "suggest_all",
     "derive_seed",
     "StudySettings",

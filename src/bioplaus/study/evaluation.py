@@ -28,7 +28,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -200,12 +200,19 @@ def run_fold(
     time_limit: float | None = None,
     blas_threads: int = 1,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    on_epoch: Callable[[Any, float], None] | None = None,
 ) -> FoldResult:
     """Train one fresh estimator on ``X[train_idx]`` and test it on ``X[test_idx]``.
 
     ``X`` is flat ``(n, c*h*w)`` float32 (possibly a memory map); only the rows
     of one chunk are copied at a time. Never raises for a model's failure: the
     outcome is in the returned :class:`FoldResult`.
+
+    ``on_epoch(estimator, epochs_completed)``, if given, is called after each
+    epoch, and once where training stops inside one (divergence, time limit;
+    ``epochs_completed`` is then fractional), before the final test. Its time
+    counts neither as training time nor towards ``time_limit``; what it raises
+    is recorded like a failure of the model.
     """
     res = FoldResult(fold=fold)
     spec = get_model(model)
@@ -256,6 +263,11 @@ def run_fold(
                                 f"{res.epochs_completed:.2f} of {epochs} epochs"
                             )
                             break
+                    if on_epoch is not None:  # paused: the callback's time is not training time
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        on_epoch(est, res.epochs_completed)
+                        t0 += time.perf_counter() - wall
+                        cpu0 += time.process_time() - cpu
                     if stop:
                         break
                 res.fit_seconds = time.perf_counter() - t0

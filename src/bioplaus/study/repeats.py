@@ -27,6 +27,11 @@ from bioplaus.study.evaluation import evaluate
 from bioplaus.study.seeds import REPEAT, derive_seed
 
 
+def repeat_seeds(seed: int, repeat: int) -> tuple[int, int]:
+    """``(split_seed, init_seed)`` of noise-floor repeat ``repeat`` of a study seeded ``seed``."""
+    return derive_seed(seed, REPEAT, repeat, 0), derive_seed(seed, REPEAT, repeat, 1)
+
+
 def sources_from_best(best_files: Mapping[str, str | Path], model: str, options=None) -> dict[str, dict]:
     """``{"default": params, "best_<sampler>": params}`` from ``best.json`` files (keyed by sampler)."""
     spec = get_model(model)
@@ -70,15 +75,16 @@ def run_repeats(
             if (source, r) in have:
                 continue
             t0 = time.perf_counter()
+            split_seed, init_seed = repeat_seeds(seed, r)
             res = evaluate(
                 model, params, X, y, input_shape=input_shape, n_folds=n_folds, epochs=epochs,
-                split_seed=derive_seed(seed, REPEAT, r, 0), init_seed=derive_seed(seed, REPEAT, r, 1),
+                split_seed=split_seed, init_seed=init_seed,
                 options=options, time_limit=time_limit, n_jobs=n_jobs,
             )
             rec = res.as_record()
             row = {
                 "dataset": dataset, "model": model, "source": source, "repeat": r,
-                "seed": derive_seed(seed, REPEAT, r, 1),
+                "seed": init_seed,
                 "accuracy": math.nan if rec["accuracy"] is None else rec["accuracy"],
             }
             for k, a in enumerate(rec["fold_accuracies"]):
