@@ -721,6 +721,7 @@ def plot_expected_max(curves: pd.DataFrame, stem: str | Path, *, dataset: str | 
                   fontsize=9, frameon=False)
     ax.set_title(_title_for(figure, f"How many random trials does each rule need? {dataset_label(dataset)}: "
                             "expected best accuracy after k trials (unbiased estimator)", 11), fontsize=11)
+    return _save(figure, stem)
 
 
 # ----------------------------------------------------------------------------- alignment
@@ -781,7 +782,7 @@ def plot_alignment(alignment: pd.DataFrame, stem: str | Path) -> SavedFigure:
     datasets = _ordered(curves["dataset"], DATASET_ORDER)
     models = _ordered(curves["model"], MODEL_ORDER)
     sources = _alignment_source_order(curves["source"])
-    colors = {m: model_color(m) for m in models}
+    colors = {m: model_color(m, models) for m in models}
     figure = _figure(max(6.5, 4.8 * len(datasets) + 0.6), 8.4)
     axes = figure.subplots(2, len(datasets), squeeze=False, sharex="col")
     top = float(np.nanmax(curves["angle"]))
