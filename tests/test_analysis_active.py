@@ -99,3 +99,11 @@ def test_sensitivity_panels_use_and_mark_active_trials(tmp_path):
         drawn = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
         assert drawn == counts[name]
     assert not panels["a"].texts  # always active: no mark
+
+
+def test_a_parameter_not_scored_on_the_sample_gets_no_interval():
+    trials, _ = planted_trials(40, seed=7)
+    trials["param_n_layers"] = [3 if i < 6 else 1 for i in range(40)]  # w_3 active in 6 trials
+    table = importance(trials, SPACE, inactive=planted_inactive, seed=0, n_boot=6, min_active=8)
+    w3 = table[table["param"] == "w_3"]
+    assert w3[["importance", "lo", "hi"]].isna().all().all()

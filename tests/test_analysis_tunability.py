@@ -63,3 +63,13 @@ def test_planted_parameter_takes_the_tunability_share():
     assert (shares["n_random"] == 80).all()
     # the marginal reading credits every parameter with E[f] - f(default) > 0 here
     assert (shares["share_marginal"].drop(index=["a"]) > 0.3).all()
+
+
+def test_the_surrogates_own_d_is_reported_beside_the_share():
+    trials, _ = planted_trials(80, seed=0)
+    repeats = _repeats([0.26, 0.26])
+    shares = tunability_shares(trials, repeats, specs=SPECS, seed=0)
+    d = shares["d_surrogate"].iloc[0]
+    assert (shares["d_surrogate"] == d).all()
+    # the planted parameter's gain is most of the surrogate's own d (the others sit at the default)
+    assert shares.set_index("param").loc["a", "d_param"] == pytest.approx(d, rel=0.2)

@@ -265,8 +265,10 @@ def importance(
         for label in EVALUATORS:
             normalised = _normalised(raw[label])
             for name in names:
+                # a parameter not scored on the sample gets no interval (a resample that
+                # repeats its few active trials would pass the threshold without new information)
                 low, high = (_ci(np.array(replicates[label][name]), level)
-                             if n_boot else (np.nan, np.nan))
+                             if n_boot and np.isfinite(raw[label][name]) else (np.nan, np.nan))
                 rows.append({"dataset": dataset, "model": model, "param": name, "evaluator": label,
                              "importance": normalised[name], "lo": low, "hi": high,
                              "raw": raw[label][name], "n_trials": len(points),

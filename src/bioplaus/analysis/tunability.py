@@ -44,6 +44,11 @@ random trials (no new runs):
   ``E[f] - f(default)`` (positive when the default is worse than an average
   draw), so it reads as an upper bound, not a share.
 
+The numerator of ``share`` is the surrogate's, its denominator measured, so a
+surrogate that predicts the default poorly (few trials near it) can give shares
+above 1 or below 0; ``d_surrogate = max over the trials of f - f(default)`` (the
+surrogate's own *d*) is reported beside it for that check.
+
 ``f`` is the surrogate; ``default_in_space`` says whether the default lies
 inside the searched ranges (the segregated-dendrite default does not: its
 2-step test phase and zero apical conductance are outside them, and the forest
@@ -66,7 +71,7 @@ TUNABILITY_COLUMNS = [
     "dataset", "model", "default", "default_sd", "n_default", "best", "best_refit", "d", "d_refit",
     "risk_probability", "risk_shortfall", "risk_conditional", "n_random", "default_in_space",
 ]
-SHARE_COLUMNS = ["dataset", "model", "param", "d_param", "share", "share_marginal", "best_value",
+SHARE_COLUMNS = ["dataset", "model", "param", "d_param", "share", "share_marginal", "d_surrogate", "best_value",
                  "default_value", "active_at_default", "n_active", "n_random"]
 #: fewest valid random trials for the per-parameter shares (the surrogate needs a sample)
 MIN_SURROGATE_TRIALS = 10
@@ -195,6 +200,7 @@ def tunability_shares(
         accuracy = group["accuracy"].to_numpy(dtype=float)
         surrogate = Surrogate.fit(points, accuracy, space, rule, seed=seed)
         at_default = float(surrogate.predict_points([default])[0])
+        d_surrogate = float(surrogate.forest_.predict(surrogate.encoder.encode(points)).max()) - at_default
         default_active = surrogate.encoder.active(default)
         d = d_of.get((dataset, model), np.nan)
         for name, distribution in space.items():
@@ -215,6 +221,7 @@ def tunability_shares(
             rows.append({"dataset": dataset, "model": model, "param": name, "d_param": gain,
                          "share": gain / d if np.isfinite(d) and d > 0 else np.nan,
                          "share_marginal": marginal_gain / d if np.isfinite(d) and d > 0 else np.nan,
+                         "d_surrogate": d_surrogate,
                          "best_value": best_value, "default_value": default[name],
                          "active_at_default": name in default_active, "n_active": count,
                          "n_random": len(points)})
