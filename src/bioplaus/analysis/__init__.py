@@ -2,8 +2,8 @@
 
 The package owns everything done after the studies have run: reading
 ``trials.csv``/``repeats.csv`` (:mod:`~bioplaus.analysis.loading`), the
-robustness metrics, the summary table, the "learns" curves and the model
-comparison (:mod:`~bioplaus.analysis.statistics`), hyperparameter importance
+robustness metrics, the summary table, the "learns" curves, the metrics per
+training epoch and the model comparison (:mod:`~bioplaus.analysis.statistics`), hyperparameter importance
 (:mod:`~bioplaus.analysis.importance`), the figures
 (:mod:`~bioplaus.analysis.figures`, imported on demand: ``from bioplaus.analysis
 import figures``, so that tables need no matplotlib) and the reader of the
@@ -24,13 +24,16 @@ from bioplaus.analysis.statistics import (
     NEAR_BEST_MARGIN,
     THRESHOLD_TOLERANCE,
     at_chance,
+    censored_mask,
     compare,
+    learning_table,
     learns,
     learns_curve,
     near_best,
     noise_table,
     summarize,
     valid_mask,
+    wilson_interval,
 )
 
 __all__ = [
@@ -44,8 +47,10 @@ __all__ = [
     "THRESHOLD_TOLERANCE",
     "ReferenceLogError",
     "at_chance",
+    "censored_mask",
     "compare",
     "importance",
+    "learning_table",
     "learns",
     "learns_curve",
     "load_reference_logs",
@@ -55,4 +60,5 @@ __all__ = [
     "read_reference_log",
     "summarize",
     "valid_mask",
+    "wilson_interval",
 ]
