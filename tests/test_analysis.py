@@ -11,7 +11,15 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bioplaus import analysis
-from bioplaus.analysis import compare, importance, learns_curve, load_trials, summarize
+from bioplaus.analysis import (
+    compare,
+    importance,
+    learning_table,
+    learns_curve,
+    load_trials,
+    noise_table,
+    summarize,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -23,7 +31,7 @@ def _trials(rows, **fixed):
         record = {"dataset": "mnist", "model": "segdend", "sampler": "random", "number": number,
                   "state": "COMPLETE", "value": accuracy, "accuracy": accuracy,
                   "fit_seconds": 10.0 + number, "duration_seconds": 12.0 + number,
-                  "diverged": False, "timed_out": False, "invalid": False, "message": "",
+                  "diverged": False, "censored": False, "invalid": False, "message": "",
                   "seed": number, "n_classes": 10, "chance": 0.1}
         record.update(fixed)
         record.update(extra)
@@ -44,6 +52,8 @@ def test_load_trials_fixes_dtypes_and_drops_unknown_columns(tmp_path):
     )
     trials = load_trials([csv])
     assert "junk" not in trials.columns
+    # an older table's timed_out is read as censored (the flag's name since)
+    assert "timed_out" not in trials.columns and trials["censored"].dtype == bool
     assert trials["invalid"].dtype == bool and trials["invalid"].tolist() == [False, True, False]
     assert trials["diverged"].tolist() == [False, False, False]  # blank -> False
     assert trials["param_use_conductances"].dtype == bool
@@ -87,8 +97,9 @@ def test_summarize_exact_values():
             (0.10, {}),                  # at chance
             (0.115, {"diverged": True}),  # at chance, diverged: counted with its accuracy
             (0.30, {}),                  # learns
-            (0.80, {"timed_out": True}),  # learns, near best (best 0.82 -> >= 0.77)
+            (0.80, {}),                  # learns, near best (best 0.82 -> >= 0.77)
             (0.82, {}),                  # best
+            (0.99, {"censored": True}),  # cut short by the time limit: counted, in no statistic
             (np.nan, {"invalid": True, "value": 0.0}),
             (np.nan, {"state": "FAIL"}),
             (np.nan, {"state": "RUNNING"}),
@@ -99,7 +110,7 @@ def test_summarize_exact_values():
     row = table.loc["random"]
     acc = np.array([0.10, 0.115, 0.30, 0.80, 0.82])
     assert row["source"] == "ours"
-    assert (row["n"], row["n_invalid"], row["n_diverged"], row["n_timed_out"], row["n_failed"]) == (
+    assert (row["n"], row["n_invalid"], row["n_censored"], row["n_diverged"], row["n_failed"]) == (
         5, 1, 1, 1, 1)
     assert row["min"] == 0.10 and row["max"] == 0.82 and row["median"] == 0.30
     assert row["q25"] == pytest.approx(0.115) and row["q75"] == pytest.approx(0.80)
@@ -168,6 +179,82 @@ def test_summarize_matches_reference_table():
         assert got == (lo, q25, median, q75, hi), key
         assert round(row.median_duration_seconds) == seconds, key
         assert row.source == "2019" and row.sampler == "gp"
+
+
+def test_old_and_new_tables_read_the_same_censored_flag(tmp_path):
+    new = _trials([(0.5, {}), (0.9, {"censored": True})])
+    old = new.rename(columns={"censored": "timed_out"}).assign(dataset="digits")
+    paths = [tmp_path / "new.csv", tmp_path / "old.csv"]
+    new.to_csv(paths[0], index=False)
+    old.to_csv(paths[1], index=False)
+    trials = load_trials(paths)
+    assert trials["censored"].tolist() == [False, True, False, True]
+    table = summarize(old).iloc[0]  # an in-memory frame with the old name too
+    assert (table["n"], table["n_censored"], table["max"]) == (1, 1, 0.5)
+
+
+# ----------------------------------------------------------------------------- censored
+def _with_planted_censored():
+    """Random-sampler trials of two models and a noise floor, plus censored rows whose
+    (partial) accuracies would change every statistic if they were counted."""
+    rng = np.random.default_rng(4)
+    clean = []
+    for model, level in (("segdend", 0.3), ("mlp", 0.8)):
+        frame = _trials([(float(np.clip(level + rng.normal(0, 0.15), 0.05, 1.0)), {}) for _ in range(14)],
+                        model=model)
+        frame["param_learning_rate"] = np.exp(rng.uniform(np.log(1e-4), np.log(0.05), len(frame)))
+        frame["accuracy_epoch_1"] = frame["accuracy"] / 2
+        frame["accuracy_epoch_2"] = frame["accuracy"]
+        clean.append(frame)
+    clean = pd.concat(clean, ignore_index=True)
+    planted = clean.iloc[[0, 1, 14, 15]].copy()
+    planted["number"] += 100
+    planted["censored"] = True
+    planted["accuracy"] = [0.99, 0.98, 0.02, 0.03]
+    planted["param_learning_rate"] = [0.05, 0.05, 1e-4, 1e-4]
+    planted["accuracy_epoch_1"] = [0.97, 0.96, 0.01, 0.02]
+    planted["accuracy_epoch_2"] = np.nan  # stopped inside epoch 2
+    return clean, pd.concat([clean, planted], ignore_index=True)
+
+
+def test_censored_trials_enter_no_statistic():
+    clean, planted = _with_planted_censored()
+    space = {"learning_rate": FloatDistribution(1e-4, 0.05, log=True)}
+    pd.testing.assert_frame_equal(summarize(planted).drop(columns="n_censored"),
+                                  summarize(clean).drop(columns="n_censored"))
+    assert summarize(planted)["n_censored"].tolist() == [2, 2]
+    grid = np.linspace(0.1, 1.0, 10)
+    pd.testing.assert_frame_equal(learns_curve(planted, grid), learns_curve(clean, grid))
+    pd.testing.assert_frame_equal(learning_table(planted), learning_table(clean))
+    pd.testing.assert_frame_equal(compare(planted, n_boot=200), compare(clean, n_boot=200))
+    pd.testing.assert_frame_equal(importance(planted, {"segdend": space, "mlp": space}),
+                                  importance(clean, {"segdend": space, "mlp": space}))
+    repeats = planted.assign(source="default", repeat=np.arange(len(planted)))
+    pd.testing.assert_frame_equal(noise_table(repeats),
+                                  noise_table(clean.assign(source="default", repeat=np.arange(len(clean)))))
+
+
+def test_learning_table_per_epoch_metrics():
+    trials = _trials([(0.9, {"accuracy_epoch_1": 0.15, "accuracy_epoch_2": 0.9}),
+                      (0.5, {"accuracy_epoch_1": 0.3, "accuracy_epoch_2": 0.5}),
+                      (0.1, {"accuracy_epoch_1": 0.1, "accuracy_epoch_2": 0.1}),
+                      (0.12, {"diverged": True, "accuracy_epoch_1": 0.12, "accuracy_epoch_2": 0.12}),
+                      (np.nan, {"invalid": True})])
+    table = learning_table(trials).set_index("epoch")
+    assert table["n"].tolist() == [4, 4]
+    assert table["frac_learns"].tolist() == [0.25, 0.5]  # >= 0.2: 0.3; then 0.9 and 0.5
+    assert table["frac_at_chance"].tolist() == [0.25, 0.25]  # < chance + 0.02 = 0.12: only 0.1
+    assert table.loc[2, "median"] == pytest.approx(0.31)
+    # the last epoch holds the end-point metrics
+    end = summarize(trials).iloc[0]
+    assert table.loc[2, "frac_learns"] == end["frac_learns"] and table.loc[2, "median"] == end["median"]
+    # 95% Wilson interval of 2/4 (Wilson 1927): centre (0.5 + z²/8) / (1 + z²/4) = 0.5,
+    # half-width z sqrt(1/16 + z²/64) / (1 + z²/4)
+    z = 1.959963984540054
+    half = z * np.sqrt(0.25 / 4 + z**2 / 64) / (1 + z**2 / 4)
+    assert table.loc[2, "frac_learns_lo"] == pytest.approx(0.5 - half)
+    assert table.loc[2, "frac_learns_hi"] == pytest.approx(0.5 + half)
+    assert learning_table(_trials([(0.5, {})])).empty  # no per-epoch columns: no rows
 
 
 # ----------------------------------------------------------------------------- learns curve

@@ -14,6 +14,7 @@ from bioplaus.analysis import figures
 from bioplaus.analysis.figures import (
     MODEL_COLORS,
     plot_importance,
+    plot_learns_by_epoch,
     plot_learns_curves,
     plot_robustness,
     plot_sensitivity,
@@ -36,7 +37,8 @@ def _synthetic_trials(n=12, seed=0):
                         "dataset": dataset, "model": model, "sampler": sampler,
                         "number": number, "state": "COMPLETE", "accuracy": accuracy,
                         "value": accuracy, "invalid": False, "diverged": False,
-                        "timed_out": False, "chance": 0.1, "n_classes": 10,
+                        "censored": False, "chance": 0.1, "n_classes": 10,
+                        "accuracy_epoch_1": max(0.1, accuracy - 0.2), "accuracy_epoch_2": accuracy,
                     })
     trials = pd.DataFrame(rows)
     trials.loc[3, ["invalid", "accuracy"]] = [True, np.nan]  # excluded from the figure
@@ -80,6 +82,47 @@ def test_robustness_layout_labels_and_files(tmp_path):
     # one line per model in row 1, in the model's colour
     colours = {to_hex(line.get_color()) for line in axes[0, 0].get_lines() if line.get_marker() == "o"}
     assert colours == {c.lower() for c in MODEL_COLORS.values()}
+
+
+def test_censored_trials_are_hollow_in_the_trace_and_absent_elsewhere(tmp_path):
+    trials = _synthetic_trials()
+    gp_mnist_segdend = trials.index[(trials["sampler"] == "gp") & (trials["dataset"] == "mnist")
+                                    & (trials["model"] == "segdend")]
+    cut = list(gp_mnist_segdend[:2])
+    trials.loc[cut, ["censored", "accuracy"]] = [True, 0.05]  # partial accuracy below everything
+    figure = plot_robustness(trials, tmp_path / "rob").figure
+    axes = np.array(figure.axes).reshape(3, 2)
+    hollow = [c for c in axes[0, 0].collections if len(c.get_offsets())
+              and (c.get_facecolors().size == 0 or c.get_facecolors()[0][3] == 0)]
+    assert len(hollow) == 1 and sorted(hollow[0].get_offsets()[:, 0]) == sorted(trials.loc[cut, "number"])
+    assert to_hex(hollow[0].get_edgecolors()[0]) == MODEL_COLORS["segdend"].lower()
+    assert any("censored" in text and "(2;" in text for text in _legend_texts(figure))
+    # the valid trials' line and the box plots do not hold them
+    line = next(l for l in axes[0, 0].get_lines()
+                if l.get_marker() == "o" and to_hex(l.get_color()) == MODEL_COLORS["segdend"].lower())
+    assert 0.05 not in set(np.round(line.get_ydata(), 6)) and len(line.get_ydata()) == 12 - 2
+    dots = [c for c in axes[2, 0].collections if len(c.get_offsets())]
+    assert all(0.05 not in set(np.round(c.get_offsets()[:, 1], 6)) for c in dots)
+
+
+def test_learns_by_epoch(tmp_path):
+    trials = _synthetic_trials()
+    trials.loc[trials["model"] == "segdend", "accuracy_epoch_1"] = 0.1  # nothing learns after epoch 1
+    saved = plot_learns_by_epoch(trials, tmp_path / "learns_by_epoch")
+    _check_files(saved)
+    axes = saved.figure.axes
+    assert [ax.get_title() for ax in axes] == ["MNIST", "CIFAR-10"]
+    assert axes[0].get_xlabel() == "training epochs" and "learns" in axes[0].get_ylabel()
+    lines = {l.get_label().split(" (")[0]: l for l in axes[0].get_lines()}
+    assert set(lines) == {"Backprop MLP", "Backprop CNN", "Segregated-dendrite MLP"}
+    segdend = lines["Segregated-dendrite MLP"]
+    assert list(segdend.get_xdata()) == [1, 2]
+    assert segdend.get_ydata()[0] == 0.0 and segdend.get_ydata()[1] > 0.9
+    assert to_hex(segdend.get_color()) == MODEL_COLORS["segdend"].lower()
+    assert segdend.get_label().endswith("(n=12)")
+    assert len(axes[0].collections) == 3  # one Wilson band per model
+    with pytest.raises(ValueError, match="per-epoch"):
+        plot_learns_by_epoch(trials.drop(columns=["accuracy_epoch_1", "accuracy_epoch_2"]), tmp_path / "x")
 
 
 def test_robustness_with_reference_and_repeats(tmp_path):

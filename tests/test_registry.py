@@ -34,7 +34,7 @@ def test_defaults_hold_every_key_of_the_space(model):
     ("cnn", {"num_layers": 1, "k_1": 3, "ch_1": 4}, {"ch_2": 60, "k_3": 9}),
     ("segdend", {"num_layers": 1, "h_l_1": 20, "update_feedback_weights": False, "use_apical_conductance": False,
                  "use_symmetric_weights": False},
-     {"b_etas": 0.4, "g_A": 0.09, "use_broadcast": False, "h_l_3": 400}),
+     {"b_etas": 0.4, "g_A": 0.09, "use_broadcast": False, "h_l_3": 400, "noisy_symmetric_weights": True}),
 ])
 def test_inactive_parameters_change_nothing(digits, model, point, changes):
     """What ``active_params`` calls inactive really has no effect on the fitted model."""
@@ -43,6 +43,27 @@ def test_inactive_parameters_change_nothing(digits, model, point, changes):
     assert not set(changes) & spec.active_params(base)
     X, y = digits
     np.testing.assert_array_equal(_fit_predict(spec, base, X, y), _fit_predict(spec, {**base, **changes}, X, y))
+
+
+def test_noise_without_symmetric_feedback_is_run_as_in_2019():
+    """A sampled point with the noise switch on but no symmetric feedback builds a valid
+    network without the noise (as the 2019 study ran it); with symmetric feedback the
+    switch is passed on; the estimator itself still rejects the explicit combination."""
+    from bioplaus.errors import InvalidConfigurationError
+    from bioplaus.models import SegregatedDendriteClassifier
+
+    spec = get_model("segdend")
+    X, y = load_digits(return_X_y=True)
+    X = (X[:20] / 16.0).astype(np.float32)
+    point = {**spec.default_params, "noisy_symmetric_weights": True, "use_symmetric_weights": False}
+    est = spec.build(point, input_shape=(1, 8, 8), n_classes=10, epochs=1, random_state=0)
+    assert est.noisy_symmetric_weights is False
+    est.partial_fit(X, y[:20], classes=np.arange(10))  # a valid configuration
+    on = spec.build({**point, "use_symmetric_weights": True}, input_shape=(1, 8, 8), n_classes=10,
+                    epochs=1, random_state=0)
+    assert on.noisy_symmetric_weights is True and on.use_symmetric_weights is True
+    with pytest.raises(InvalidConfigurationError, match="noisy_symmetric_weights requires"):
+        SegregatedDendriteClassifier(noisy_symmetric_weights=True, use_symmetric_weights=False).fit(X, y[:20])
 
 
 def test_active_parameters_do_change_the_fit(digits):

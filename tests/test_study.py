@@ -33,7 +33,8 @@ def test_study_writes_documented_tables(tmp_path, prepared_digits):
     assert list(df["number"]) == list(range(6))
     assert (df["state"] == "COMPLETE").all()
     for col in ("accuracy", "accuracy_fold_1", "accuracy_fold_3", "fit_seconds", "fit_seconds_fold_2",
-                "diverged", "timed_out", "invalid", "message", "seed", "chance", "param_mode", "param_shrink"):
+                "diverged", "censored", "epochs_completed", "invalid", "message", "seed", "chance",
+                "param_mode", "param_shrink", *(f"accuracy_epoch_{e + 1}" for e in range(settings.epochs))):
         assert col in df.columns, col
     valid = df[~df["invalid"]]
     invalid = df[df["invalid"]]
@@ -41,6 +42,8 @@ def test_study_writes_documented_tables(tmp_path, prepared_digits):
     assert invalid["accuracy"].isna().all() and (invalid["value"] == 0.1).all()
     folds = valid[["accuracy_fold_1", "accuracy_fold_2", "accuracy_fold_3"]].mean(axis=1)
     assert (abs(folds - valid["accuracy"]) < 1e-12).all()
+    assert (valid[f"accuracy_epoch_{settings.epochs}"] == valid["accuracy"]).all()  # the curve ends at it
+    assert (valid["epochs_completed"] == settings.epochs).all() and not df["censored"].any()
     best = json.loads(best_json.read_text())
     assert best["accuracy"] == pytest.approx(valid["accuracy"].max())
     assert best["params"]["mode"] == "ok"

@@ -66,9 +66,11 @@ def test_summary_matches_the_trials(study_dir):
     assert len(summary) == 3
     for _, row in summary.iterrows():
         df = pd.read_csv(res / row["dataset"] / row["model"] / row["sampler"] / "trials.csv")
-        acc = df.loc[(df["state"] == "COMPLETE") & ~df["invalid"], "accuracy"]
+        complete = (df["state"] == "COMPLETE") & ~df["invalid"]
+        acc = df.loc[complete & ~df["censored"], "accuracy"]
         assert row["n"] == len(acc)
         assert row["n_invalid"] == int(df["invalid"].sum())
+        assert row["n_censored"] == int((complete & df["censored"]).sum())
         assert row["median"] == pytest.approx(acc.median())
         assert row["max"] == pytest.approx(acc.max())
         assert row["frac_learns"] == pytest.approx((acc >= 0.1 + 0.1 - 1e-9).mean())
@@ -77,13 +79,19 @@ def test_summary_matches_the_trials(study_dir):
 
 def test_figures_and_analysis_files_exist_with_content(study_dir):
     res = study_dir / "results"
-    for stem in ("robustness", "robustness_random", "learns_curves", "importance_digits_mlp",
-                 "sensitivity_digits_segdend"):
+    for stem in ("robustness", "robustness_random", "learns_curves", "learns_by_epoch",
+                 "importance_digits_mlp", "sensitivity_digits_segdend"):
         png = (res / "figures" / f"{stem}.png").read_bytes()
         pdf = (res / "figures" / f"{stem}.pdf").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, stem
         assert pdf.startswith(b"%PDF"), stem
-    imp = pd.read_csv(res / "digits" / "mlp" / "importance.csv")
+    learning = pd.read_csv(res / "learning.csv")
+    summary = pd.read_csv(res / "summary.csv").set_index("model")
+    assert set(learning["epoch"]) == {1} and set(learning["model"]) == {"mlp", "cnn", "segdend"}
+    for _, row in learning.iterrows():  # one epoch: the curve's only point is the end point
+        assert row["frac_learns"] == pytest.approx(summary.loc[row["model"], "frac_learns"])
+        assert row["n"] == summary.loc[row["model"], "n"]
+        imp = pd.read_csv(res / "digits" / "mlp" / "importance.csv")
     assert {"param", "evaluator", "importance"} <= set(imp.columns)
     comparison = pd.read_csv(res / "comparison.csv")
     # one row per backprop baseline the segregated-dendrite rule is compared with

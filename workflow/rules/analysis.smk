@@ -90,6 +90,51 @@ rule figure_learns:
         "bioplaus {params.argv} > {log:q} 2>&1"
 
 
+rule learning:
+    """Per (dataset, model, sampler) and epoch: the robustness metrics after each training epoch."""
+    input:
+        study_outputs(),
+    output:
+        report(f"{RESULTS}/learning.csv", caption="../report/learning.rst", category="Tables",
+               labels={"table": "learning"}),
+    params:
+        argv=lambda w, input, output: argv("learning", plugin_args(), "--trials", list(input), "--out", output[0]),
+    log:
+        f"{LOGS}/learning.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
+    shell:
+        "bioplaus {params.argv} > {log:q} 2>&1"
+
+
+rule figure_learns_by_epoch:
+    """Would more training help? Fraction of random configurations that learn after each epoch, per model."""
+    input:
+        study_outputs(),
+    output:
+        png=report(f"{RESULTS}/figures/learns_by_epoch.png", caption="../report/learns_by_epoch.rst",
+                   category="Robustness", labels={"figure": "learns by epoch"}),
+        pdf=f"{RESULTS}/figures/learns_by_epoch.pdf",
+    params:
+        argv=lambda w, input, output: argv(
+            "figure", "learns-by-epoch", plugin_args(), "--trials", list(input), "--sampler", "random",
+            "--out", output.png[: -len(".png")]),
+    log:
+        f"{LOGS}/figures/learns_by_epoch.log",
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=10,
+    conda:
+        "../envs/bioplaus.yaml"
+    shell:
+        "bioplaus {params.argv} > {log:q} 2>&1"
+
+
 rule importance:
     """fANOVA and PED-ANOVA importances over the random-sampler trials of one (dataset, model)."""
     input:

@@ -131,10 +131,11 @@ def compared_models():
 def all_targets():
     targets = study_outputs() + [
         f"{RESULTS}/summary.csv",
+        f"{RESULTS}/learning.csv",
         f"{RESULTS}/figures/robustness.png",
     ] + expand(f"{RESULTS}/figures/robustness_{{sampler}}.png", sampler=SAMPLERS)
     if "random" in SAMPLERS:
-        targets += [f"{RESULTS}/figures/learns_curves.png"]
+        targets += [f"{RESULTS}/figures/learns_curves.png", f"{RESULTS}/figures/learns_by_epoch.png"]
         targets += expand(f"{RESULTS}/{{dataset}}/{{model}}/importance.csv", dataset=DATASETS, model=MODELS)
         targets += expand(f"{RESULTS}/figures/sensitivity_{{dataset}}_{{model}}.png", dataset=DATASETS, model=MODELS)
         if 0 < len(compared_models()) < len(MODELS):

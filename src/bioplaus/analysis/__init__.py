@@ -2,8 +2,8 @@
 
 The package owns everything done after the studies have run: reading
 ``trials.csv``/``repeats.csv`` (:mod:`~bioplaus.analysis.loading`), the
-robustness metrics, the summary table, the "learns" curves and the model
-comparison (:mod:`~bioplaus.analysis.statistics`), which parameters each trial
+robustness metrics, the summary table, the "learns" curves, the metrics per
+training epoch and the model comparison (:mod:`~bioplaus.analysis.statistics`), which parameters each trial
 left inactive (:mod:`~bioplaus.analysis.active`), hyperparameter importance
 with bootstrap intervals and interactions (:mod:`~bioplaus.analysis.importance`,
 on the random-forest surrogate of :mod:`~bioplaus.analysis.surrogate`),
@@ -32,15 +32,18 @@ from bioplaus.analysis.statistics import (
     NEAR_BEST_MARGIN,
     THRESHOLD_TOLERANCE,
     at_chance,
+    censored_mask,
     compare,
     comparison_pairs,
     is_backprop,
+    learning_table,
     learns,
     learns_curve,
     near_best,
     noise_table,
     summarize,
     valid_mask,
+    wilson_interval,
 )
 from bioplaus.analysis.transfer import transfer_table
 from bioplaus.analysis.trials_needed import expected_max, expected_max_curves, trials_to_reach
@@ -74,8 +77,10 @@ __all__ = [
     "THRESHOLD_TOLERANCE",
     "ReferenceLogError",
     "at_chance",
+    "censored_mask",
     "compare",
     "importance",
+    "learning_table",
     "learns",
     "learns_curve",
     "load_reference_logs",
@@ -85,4 +90,5 @@ __all__ = [
     "read_reference_log",
     "summarize",
     "valid_mask",
+    "wilson_interval",
 ]

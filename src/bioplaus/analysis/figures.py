@@ -34,7 +34,14 @@ from optuna.distributions import (
 
 from bioplaus.analysis.active import REGISTRY, active_matrix
 from bioplaus.analysis.loading import _prepare
-from bioplaus.analysis.statistics import LEARNS_MARGIN, learns_curve, noise_table, valid_mask
+from bioplaus.analysis.statistics import (
+    LEARNS_MARGIN,
+    censored_mask,
+    learning_table,
+    learns_curve,
+    noise_table,
+    valid_mask,
+)
 from bioplaus.errors import ConfigError
 from bioplaus.models import get_model
 
@@ -151,14 +158,29 @@ def _accuracy_limits(accuracies, chance: float) -> tuple[float, float]:
     return max(0.0, low - 0.03), 1.01
 
 
-def _valid_rows(trials: pd.DataFrame | None) -> pd.DataFrame:
+def _numbered(trials: pd.DataFrame | None) -> pd.DataFrame | None:
     if trials is None or len(trials) == 0:
-        columns = ["dataset", "model", "sampler", "source", "number", "accuracy", "chance"]
-        return pd.DataFrame(columns=columns)
+        return None
     frame = _prepare(trials)
     if "number" not in frame.columns:  # trial order = row order within each run
         frame["number"] = frame.groupby(["dataset", "model", "sampler", "source"]).cumcount()
+    return frame
+
+
+def _valid_rows(trials: pd.DataFrame | None) -> pd.DataFrame:
+    frame = _numbered(trials)
+    if frame is None:
+        columns = ["dataset", "model", "sampler", "source", "number", "accuracy", "chance"]
+        return pd.DataFrame(columns=columns)
     return frame[valid_mask(frame)]
+
+
+def _censored_rows(trials: pd.DataFrame | None) -> pd.DataFrame:
+    """Censored trials with a (partial) accuracy: drawn hollow, never counted."""
+    frame = _numbered(trials)
+    if frame is None:
+        return pd.DataFrame(columns=["dataset", "model", "sampler", "source", "number", "accuracy"])
+    return frame[censored_mask(frame) & np.isfinite(frame["accuracy"])]
 
 
 def _source_label(frame: pd.DataFrame, default: str = "ours") -> str:
@@ -223,7 +245,9 @@ def plot_robustness(
 
     Row 1: accuracy of each valid trial in trial order (one line per model);
     row 2: histogram of those accuracies per model (fraction of trials per bin);
-    row 3: box plots per model with every trial as a dot. ``reference`` (rows of
+    row 3: box plots per model with every trial as a dot. Censored trials
+    (stopped by the time limit) are drawn in row 1 as hollow markers at their
+    partial accuracy and left out of everything else. ``reference`` (rows of
     :func:`bioplaus.analysis.reference.load_reference_logs`) adds the 2019 study's
     distributions: dashed lines (row 1), dashed outlines (row 2) and hatched
     boxes beside ours (row 3). ``repeats`` (repeats.csv rows) adds, at the
@@ -233,6 +257,8 @@ def plot_robustness(
     """
     ours = _valid_rows(trials)
     ours = ours[ours["sampler"] == sampler]
+    cut = _censored_rows(trials)
+    cut = cut[cut["sampler"] == sampler]
     ref = _valid_rows(reference)
     if ours.empty and ref.empty:
         raise ValueError(f"plot_robustness: no valid trials of sampler {sampler!r} to draw")
@@ -250,9 +276,10 @@ def plot_robustness(
     for column, dataset in enumerate(datasets):
         ours_d = ours[ours["dataset"] == dataset]
         ref_d = ref[ref["dataset"] == dataset]
+        cut_d = cut[cut["dataset"] == dataset]
         both = pd.concat([ours_d, ref_d])
         chance = float(both["chance"].median())
-        low, high = _accuracy_limits(both["accuracy"], chance)
+        low, high = _accuracy_limits(pd.concat([both["accuracy"], cut_d["accuracy"]]), chance)
         trace_ax, hist_ax, box_ax = axes[:, column]
         bins = np.linspace(low, 1.0, 26)
 
@@ -277,6 +304,10 @@ def plot_robustness(
                                  alpha=0.3, color=color)
                     hist_ax.hist(acc, bins=bins, weights=weights, histtype="step",
                                  linewidth=1.4, color=color)
+            stopped = cut_d[cut_d["model"] == model]
+            if len(stopped):  # censored: hollow, not joined to the valid trials' line
+                trace_ax.scatter(stopped["number"].to_numpy(), stopped["accuracy"].to_numpy(dtype=float),
+                                 s=22, facecolors="none", edgecolors=color, linewidths=1.1, zorder=3)
 
         # row 3: paired boxes (ours, 2019) per model, every trial as a jittered dot
         rng = np.random.default_rng(column)
@@ -341,6 +372,10 @@ def plot_robustness(
     if has_ref:
         handles.append(Line2D([], [], color="black", linestyle="--",
                               label="2019 study (GP), hatched boxes"))
+    if len(cut):
+        handles.append(Line2D([], [], color="black", linestyle="", marker="o", markersize=5,
+                              markerfacecolor="none",
+                              label=f"censored by the time limit ({len(cut)}; partial accuracy, not counted)"))
     if noise_handle is not None:
         noise_handle.set_label("median ±1 SD over refits of one setting (seed noise)")
         handles.append(noise_handle)
@@ -416,6 +451,56 @@ def plot_learns_curves(
         "How much of each search space learns? "
         f"({SAMPLER_LABELS.get(sampler, sampler)} configurations; higher = more robust)",
         12), fontsize=12,
+    )
+    return _save(figure, stem)
+
+
+# ----------------------------------------------------------------------------- learns by epoch
+def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str = "random") -> SavedFigure:
+    """Per dataset: fraction of ``sampler`` configurations that learn after each training epoch.
+
+    One line per model (:func:`bioplaus.analysis.statistics.learning_table`: valid,
+    uncensored trials; "learns" = accuracy >= chance + LEARNS_MARGIN) with its
+    95% Wilson interval as a band. With the uniformly random sampler the line
+    is the share of the search space that learns after e epochs: a line still
+    rising at the last epoch says that more training would make more
+    configurations learn. Raises ``ValueError`` when no trial has per-epoch
+    accuracies.
+    """
+    table = learning_table(trials)
+    table = table[table["sampler"] == sampler]
+    if table.empty:
+        raise ValueError(f"plot_learns_by_epoch: no per-epoch accuracies of sampler {sampler!r}")
+    datasets = _ordered(table["dataset"], DATASET_ORDER)
+    models = _ordered(table["model"], MODEL_ORDER)
+    last = int(table["epoch"].max())
+    figure = _figure(max(6.5, 4.4 * len(datasets) + 0.4), 4.9)
+    axes = figure.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    for ax, dataset in zip(axes, datasets):
+        for model in models:
+            rows = table[(table["dataset"] == dataset) & (table["model"] == model)].sort_values("epoch")
+            if rows.empty:
+                continue
+            color = model_color(model)
+            epochs = rows["epoch"].to_numpy()
+            ax.fill_between(epochs, rows["frac_learns_lo"], rows["frac_learns_hi"], color=color,
+                            alpha=0.15, linewidth=0)
+            n = int(rows["n"].iloc[-1])
+            ax.plot(epochs, rows["frac_learns"], color=color, marker="o", markersize=4, linewidth=2.0,
+                    label=f"{model_label(model)} (n={n})")
+        ax.set_xlim(0.8, last + 0.2)
+        ax.set_xticks(np.unique(np.linspace(1, last, min(last, 10)).round().astype(int)))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(dataset_label(dataset), fontsize=12, fontweight="bold")
+        ax.set_xlabel("training epochs")
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.17), frameon=False)
+    axes[0].set_ylabel(f"fraction that learns (≥ chance + {LEARNS_MARGIN:.2f})")
+    figure.suptitle(_title_for(
+        figure,
+        "Would more training help? Fraction of "
+        f"{SAMPLER_LABELS.get(sampler, sampler)} configurations that learn after each epoch "
+        "(band: 95% Wilson interval)", 12), fontsize=12,
     )
     return _save(figure, stem)
 

@@ -5,7 +5,8 @@ row per optuna trial; see :data:`BASE_COLUMNS`) and of
 ``results/<dataset>/<model>/repeats.csv`` (the same columns plus ``repeat``), the
 conversion of their CSV cells to fixed dtypes (:func:`load_trials`) and the
 filling-in of optional columns before any statistic is computed (:func:`_prepare`).
-Accuracies are fractions in [0, 1]; times are seconds.
+Accuracies are fractions in [0, 1]; times are seconds. Tables written before
+the ``censored`` flag existed call it ``timed_out``; both readers accept either.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-#: Fixed columns of trials.csv (plus accuracy_fold_*, fit_seconds_fold_*, param_*).
+#: Fixed columns of trials.csv (plus accuracy_fold_*, accuracy_epoch_*, fit_seconds_fold_*, param_*).
 BASE_COLUMNS = [
     "dataset", "model", "sampler", "source", "number", "state", "value", "accuracy",
-    "fit_seconds", "duration_seconds", "diverged", "timed_out", "invalid", "message",
-    "seed", "n_classes", "chance",
+    "epochs_completed", "fit_seconds", "duration_seconds", "diverged", "censored", "invalid",
+    "message", "seed", "n_classes", "chance",
 ]
-FLAG_COLUMNS = ["diverged", "timed_out", "invalid"]
+FLAG_COLUMNS = ["diverged", "censored", "invalid"]
+#: the former name of ``censored`` (read from older tables)
+_OLD_CENSORED = "timed_out"
+#: prefix of the per-epoch mean accuracies (``accuracy_epoch_1`` ..)
+EPOCH_PREFIX = "accuracy_epoch_"
 _TRUE = {"true", "1", "1.0", "yes", "t", "y"}
 _FALSE = {"false", "0", "0.0", "no", "f", "n", ""}
 
@@ -70,7 +75,7 @@ def _tidy(
     even if concatenation turned them into floats/objects.
     """
     boolean_params = set(boolean_params)
-    frame = frame.copy()
+    frame = _renamed_flags(frame.copy())
     if "source" not in frame.columns:
         frame["source"] = default_source
     if "chance" not in frame.columns and "n_classes" in frame.columns:
@@ -82,7 +87,8 @@ def _tidy(
             frame[flag] = False
     if "message" in frame.columns:
         frame["message"] = frame["message"].map(lambda v: "" if pd.isna(v) else str(v)).astype(str)
-    for column in ("accuracy", "value", "fit_seconds", "duration_seconds", "chance"):
+    for column in ("accuracy", "value", "epochs_completed", "fit_seconds", "duration_seconds",
+                   "chance", *epoch_columns(frame)):
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     for column in frame.columns:
@@ -96,16 +102,34 @@ def _tidy(
         key=lambda c: (c.startswith("fit"), int(c.rsplit("_", 1)[1]) if c[-1].isdigit() else 0),
     )
     params = sorted(c for c in frame.columns if c.startswith("param_"))
-    return frame[base + folds + params]
+    return frame[base + folds + epoch_columns(frame) + params]
+
+
+def epoch_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``accuracy_epoch_<e>`` columns of ``frame``, in epoch order."""
+    found = [c for c in frame.columns if c.startswith(EPOCH_PREFIX) and c[len(EPOCH_PREFIX):].isdigit()]
+    return sorted(found, key=lambda c: int(c[len(EPOCH_PREFIX):]))
+
+
+def _renamed_flags(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with an old ``timed_out`` column read as ``censored`` (modifies ``frame``)."""
+    if _OLD_CENSORED in frame.columns:
+        old = frame.pop(_OLD_CENSORED)
+        if "censored" not in frame.columns:
+            frame["censored"] = old
+        else:  # concatenated old and new tables: each row has one of the two
+            frame["censored"] = frame["censored"].where(frame["censored"].notna(), old)
+    return frame
 
 
 def load_trials(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     """Concatenate ``trials.csv`` (or ``repeats.csv``) files into one tidy DataFrame.
 
     Keeps the known columns (:data:`BASE_COLUMNS`, ``repeat``, ``accuracy_fold_*``,
-    ``fit_seconds_fold_*``, ``param_*``) in a fixed order and drops the rest;
-    ``diverged``/``timed_out``/``invalid`` become bool (CSV strings ``True``/``False``,
-    blanks are False), boolean-looking ``param_*`` columns become bool (nullable
+    ``fit_seconds_fold_*``, ``accuracy_epoch_*``, ``param_*``) in a fixed order and
+    drops the rest; ``diverged``/``censored``/``invalid`` become bool (CSV strings
+    ``True``/``False``, blanks are False; an older table's ``timed_out`` is read as
+    ``censored``), boolean-looking ``param_*`` columns become bool (nullable
     when a model lacks that parameter), ``message`` blanks become ``""`` and a
     missing ``source`` column is filled with ``"ours"``. Raises ``ValueError``
     naming the file when a file lacks ``dataset``, ``model`` or ``accuracy``;
@@ -136,7 +160,7 @@ def load_trials(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- helpers
 def _prepare(trials: pd.DataFrame) -> pd.DataFrame:
     """Copy with ``source``/``sampler``/``state``/``chance``/flags filled in."""
-    frame = trials.copy()
+    frame = _renamed_flags(trials.copy())
     if "source" not in frame.columns:
         frame["source"] = "ours"
     frame["source"] = frame["source"].fillna("ours")

@@ -3,7 +3,8 @@
 Owns the definitions of the robustness metrics below (every function of the
 package uses these constants), the per-study table (:func:`summarize`), the
 seed-noise table (:func:`noise_table`), the "learns" curves
-(:func:`learns_curve`) and the model comparison with Mann-Whitney U and
+(:func:`learns_curve`), the metrics after each training epoch
+(:func:`learning_table`) and the model comparison with Mann-Whitney U and
 bootstrap confidence intervals (:func:`compare`).
 
 Input rows have the columns of ``results/<dataset>/<model>/<sampler>/trials.csv``
@@ -19,10 +20,15 @@ Definitions (the README quotes them; every function here uses these constants):
 * **near best**: accuracy >= best - :data:`NEAR_BEST_MARGIN` (0.05), where best is the
   best accuracy found by any sampler for that (dataset, model) within one source
   (ours and the 2019 study each have their own best: their protocols differ).
-* **valid** trial: state ``COMPLETE``, not ``invalid``, with a finite accuracy.
-  Invalid trials are counted (``n_invalid``) but excluded from every accuracy
-  distribution; diverged and timed-out trials are valid and enter the
-  distributions with their measured accuracy.
+* **valid** trial: state ``COMPLETE``, not ``invalid``, not ``censored``, with a
+  finite accuracy. Invalid trials are counted (``n_invalid``) but excluded from
+  every accuracy distribution. *Censored* trials (training cut short by the
+  time limit, a guard against runaway configurations) are counted
+  (``n_censored``) and drawn hollow in the per-trial figures, but excluded from
+  every distribution, fraction, importance, comparison and test: their
+  accuracy measures the budget, not the configuration. Diverged trials were
+  trained as configured and enter the distributions with their measured
+  accuracy.
 """
 
 from __future__ import annotations
@@ -48,12 +54,23 @@ GROUP_COLUMNS = ["dataset", "model", "sampler", "source"]
 
 # ----------------------------------------------------------------------------- definitions
 def valid_mask(trials: pd.DataFrame) -> pd.Series:
-    """True for valid trials: COMPLETE, not invalid, finite accuracy."""
+    """True for valid trials: COMPLETE, not invalid, not censored, finite accuracy."""
     frame = _prepare(trials)
     return (
         (frame["state"] == "COMPLETE")
         & ~frame["invalid"].astype(bool)
+        & ~frame["censored"].astype(bool)
         & np.isfinite(frame["accuracy"])
+    )
+
+
+def censored_mask(trials: pd.DataFrame) -> pd.Series:
+    """True for censored trials: COMPLETE, not invalid, training stopped by the time limit."""
+    frame = _prepare(trials)
+    return (
+        (frame["state"] == "COMPLETE")
+        & ~frame["invalid"].astype(bool)
+        & frame["censored"].astype(bool)
     )
 
 
@@ -116,10 +133,11 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
     ``source`` is ``ours`` for pipeline rows, ``2019`` for reference rows
     (:func:`bioplaus.analysis.reference.load_reference_logs`). Columns:
 
-    * ``n``: valid trials (COMPLETE, not invalid, finite accuracy); ``n_invalid``:
-      COMPLETE trials flagged invalid; ``n_diverged``/``n_timed_out``: valid trials
-      so flagged; ``n_failed``: trials in state FAIL plus COMPLETE, not-invalid
-      trials without an accuracy.
+    * ``n``: valid trials (COMPLETE, not invalid, not censored, finite accuracy);
+      ``n_invalid``: COMPLETE trials flagged invalid; ``n_censored``: COMPLETE trials
+      cut short by the time limit (not in ``n`` nor in any statistic below);
+      ``n_diverged``: valid trials that diverged; ``n_failed``: trials in state
+      FAIL plus COMPLETE, not-invalid, not-censored trials without an accuracy.
     * ``min``, ``q25``, ``median``, ``q75``, ``max``, ``mean``, ``std`` (ddof=1) of the
       valid accuracies (quantiles by linear interpolation, as ``numpy.quantile``).
     * ``frac_at_chance``, ``frac_learns``, ``frac_near_best``: fractions of the
@@ -145,11 +163,12 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
         row: dict[str, Any] = dict(zip(GROUP_COLUMNS, key))
         row["n"] = int(len(good))
         row["n_invalid"] = int((complete & group["invalid"]).sum())
+        row["n_censored"] = int((complete & ~group["invalid"] & group["censored"]).sum())
         row["n_diverged"] = int(good["diverged"].sum())
-        row["n_timed_out"] = int(good["timed_out"].sum())
         row["n_failed"] = int(
             (group["state"] == "FAIL").sum()
-            + (complete & ~group["invalid"] & ~np.isfinite(group["accuracy"])).sum()
+            + (complete & ~group["invalid"] & ~group["censored"]
+               & ~np.isfinite(group["accuracy"])).sum()
         )
         if len(acc):
             q = np.quantile(acc, [0.0, 0.25, 0.5, 0.75, 1.0])
@@ -178,7 +197,7 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
             row[out] = float(np.median(seconds)) if len(seconds) else np.nan
         rows.append(row)
     columns = GROUP_COLUMNS + [
-        "n", "n_invalid", "n_diverged", "n_timed_out", "n_failed", "min", "q25", "median",
+        "n", "n_invalid", "n_censored", "n_diverged", "n_failed", "min", "q25", "median",
         "q75", "max", "mean", "std", "frac_at_chance", "frac_learns", "frac_near_best",
         "best", "best_number", "median_fit_seconds", "median_duration_seconds",
     ]
@@ -212,6 +231,66 @@ def learns_curve(trials: pd.DataFrame, grid: Sequence[float]) -> pd.DataFrame:
             rows.append({**dict(zip(GROUP_COLUMNS, key)), "threshold": float(threshold),
                          "fraction": float(value), "n": len(acc)})
     return pd.DataFrame(rows, columns=GROUP_COLUMNS + ["threshold", "fraction", "n"])
+
+
+# ----------------------------------------------------------------------------- per epoch
+#: two-sided normal quantile of the 95% intervals of :func:`learning_table`
+_Z95 = 1.959963984540054
+
+
+def wilson_interval(k, n, z: float = _Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial fraction k / n (Wilson 1927, JASA 22:209):
+    ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``; NaN where n = 0."""
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denominator = 1.0 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denominator
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
+    return centre - half, centre + half
+
+
+def learning_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The robustness metrics after each training epoch, from the ``accuracy_epoch_*`` columns.
+
+    One row per (dataset, model, sampler, source, epoch) over the valid trials
+    (see :func:`valid_mask`: censored ones are left out) that recorded that
+    epoch: ``n``; ``frac_learns`` with its 95% Wilson interval
+    (``frac_learns_lo``, ``frac_learns_hi``, :func:`wilson_interval`);
+    ``frac_at_chance``; ``q25``, ``median``, ``q75``, ``max`` of the mean
+    cross-validated test accuracy after that epoch. The last epoch's row equals
+    the end-point metrics of :func:`summarize` (the last epoch's accuracy is
+    the trial's accuracy). Returns an empty table when no epoch column exists
+    (tables of the 2019 study, or written before the curves were recorded).
+    """
+    from bioplaus.analysis.loading import epoch_columns
+
+    columns = GROUP_COLUMNS + ["epoch", "n", "frac_learns", "frac_learns_lo", "frac_learns_hi",
+                               "frac_at_chance", "q25", "median", "q75", "max"]
+    frame = _prepare(trials)
+    epochs = epoch_columns(frame)
+    frame = frame[valid_mask(frame)]
+    rows = []
+    for key, group in frame.groupby(GROUP_COLUMNS, sort=True):
+        for column in epochs:
+            values = pd.to_numeric(group[column], errors="coerce").to_numpy(dtype=np.float64)
+            chance = group["chance"].to_numpy(dtype=np.float64)
+            keep = np.isfinite(values)
+            acc, chance = values[keep], chance[keep]
+            if not len(acc):
+                continue
+            n_learn = int(learns(acc, chance).sum())
+            low, high = wilson_interval(n_learn, len(acc))
+            q = np.quantile(acc, [0.25, 0.5, 0.75])
+            rows.append({
+                **dict(zip(GROUP_COLUMNS, key)), "epoch": int(column.rsplit("_", 1)[1]),
+                "n": int(len(acc)), "frac_learns": n_learn / len(acc),
+                "frac_learns_lo": float(low), "frac_learns_hi": float(high),
+                "frac_at_chance": float(at_chance(acc, chance).mean()),
+                "q25": q[0], "median": q[1], "q75": q[2], "max": float(acc.max()),
+            })
+    return pd.DataFrame(rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------- compare

@@ -55,9 +55,20 @@ def cmd_figure(args) -> None:
         paths = figures.plot_robustness(trials, stem, reference=reference, repeats=repeats, sampler=sampler)
     elif args.kind == "learns":
         paths = figures.plot_learns_curves(trials, stem)
+    elif args.kind == "learns-by-epoch":
+        paths = figures.plot_learns_by_epoch(trials, stem, sampler=args.sampler or "random")
     else:  # pragma: no cover - argparse restricts choices
         raise ConfigError(f"unknown figure {args.kind}")
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+
+
+def cmd_learning(args) -> None:
+    from bioplaus.analysis import learning_table, load_trials
+
+    table = learning_table(load_trials(args.trials))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    print(f"wrote {args.out}", file=sys.stderr)
 
 
 def _space(model: str, options: str):
@@ -238,12 +249,18 @@ def add_commands(sub) -> None:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_summarize)
 
-    s = sub.add_parser("figure", help="robustness figure or learns-curves figure (PNG and PDF)")
-    s.add_argument("kind", choices=["robustness", "learns"])
+    s = sub.add_parser("learning", help="learning.csv: robustness metrics after each training epoch")
+    s.add_argument("--trials", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_learning)
+
+    s = sub.add_parser("figure", help="robustness, learns-curves or learns-by-epoch figure (PNG and PDF)")
+    s.add_argument("kind", choices=["robustness", "learns", "learns-by-epoch"])
     s.add_argument("--trials", nargs="+", required=True)
     s.add_argument("--repeats", nargs="*", default=None)
     s.add_argument("--reference", default=None)
-    s.add_argument("--sampler", default=None, help="sampler drawn in the robustness figure (default gp)")
+    s.add_argument("--sampler", default=None,
+                   help="sampler drawn (robustness: default gp; learns-by-epoch: default random)")
     s.add_argument("--out", required=True, help="output stem (.png and .pdf are written)")
     s.set_defaults(func=cmd_figure)
 

@@ -4,7 +4,11 @@ One configuration → stratified k-fold cross-validation. Each fold builds a
 fresh estimator from the model registry, trains it for ``epochs`` passes by
 repeated ``partial_fit`` calls on shuffled chunks of the training rows (so the
 time limit and divergence are checked between chunks), and measures the test
-accuracy of the held-out fold. Folds run in parallel with joblib; a dataset
+accuracy of the held-out fold after every epoch (the learning curve; the last
+epoch's value is the fold's accuracy). Testing draws no random number of the
+model's training and does not change the chunks, so the curve leaves the
+trained model exactly as it would be without it; its time counts neither as
+training time nor against the time limit. Folds run in parallel with joblib; a dataset
 stored as a ``numpy.memmap`` is shared with the fold workers by reference
 (joblib passes memory maps by file name), never copied whole.
 
@@ -17,8 +21,12 @@ Outcomes that are results, not crashes:
   (usually chance); when the fit instead raised a numerical error
   (``FloatingPointError``, an overflow) there is no model to test and the
   fold is given chance accuracy, ``1 / n_classes``, without testing.
-* *timed out*: a fold's training exceeded ``time_limit`` CPU seconds (checked
-  between chunks); training stops and the partly trained model is tested.
+* *censored*: a fold's training exceeded ``time_limit`` CPU seconds (checked
+  between chunks); training stops and the partly trained model is tested. The
+  configuration was not trained as configured, so the analysis keeps its
+  partial accuracy and ``epochs_completed`` but leaves it out of every
+  statistic (``time_limit`` is a guard against runaway configurations, not a
+  budget).
 * *error*: anything else raised inside a fold; recorded with its message.
 """
 
@@ -51,17 +59,32 @@ PREDICT_CHUNK_ROWS = 8192
 
 @dataclass
 class FoldResult:
-    """Outcome of one fold: accuracy in [0, 1] (NaN if invalid/error), seconds of training."""
+    """Outcome of one fold.
+
+    ``accuracy`` in [0, 1] (NaN if invalid/error); ``epoch_accuracies[e]`` the
+    test accuracy after epoch ``e + 1`` (one entry per whole epoch trained; a
+    diverged fold repeats its stopped model's accuracy for the epochs it did not
+    train, since that model stays diverged); ``fit_seconds`` wall seconds of
+    training and ``test_seconds`` of the per-epoch tests; ``epochs_completed``
+    (fractional when stopped inside an epoch).
+    """
 
     fold: int
     accuracy: float = math.nan
+    epoch_accuracies: list[float] = field(default_factory=list)
     fit_seconds: float = 0.0
+    test_seconds: float = 0.0
     epochs_completed: float = 0.0
     diverged: bool = False
-    timed_out: bool = False
+    censored: bool = False
     invalid: bool = False
     error: bool = False
     message: str = ""
+
+    @property
+    def timed_out(self) -> bool:
+        """Former name of :attr:`censored`."""
+        return self.censored
 
 
 @dataclass
@@ -70,6 +93,7 @@ class EvaluationResult:
 
     folds: list[FoldResult] = field(default_factory=list)
     n_classes: int = 10
+    epochs: int = 0
 
     @property
     def chance(self) -> float:
@@ -88,8 +112,33 @@ class EvaluationResult:
         return any(f.diverged for f in self.folds)
 
     @property
+    def censored(self) -> bool:
+        """A fold hit the time limit: the configuration was not trained as configured."""
+        return any(f.censored for f in self.folds)
+
+    @property
     def timed_out(self) -> bool:
-        return any(f.timed_out for f in self.folds)
+        """Former name of :attr:`censored`."""
+        return self.censored
+
+    @property
+    def epochs_completed(self) -> float:
+        """Epochs every fold completed (the smallest over folds; fractional when stopped in an epoch)."""
+        return float(min((f.epochs_completed for f in self.folds), default=0.0))
+
+    @property
+    def epoch_accuracies(self) -> list[float | None]:
+        """Mean test accuracy over folds after each epoch 1..``epochs`` (None where a fold
+        did not complete that epoch, and for every epoch when invalid or a fold errored).
+        The last entry of a fully trained configuration equals :attr:`accuracy` exactly."""
+        n = max([self.epochs] + [len(f.epoch_accuracies) for f in self.folds])
+        if self.invalid or self.error or not self.folds:
+            return [None] * n
+        out: list[float | None] = []
+        for e in range(n):
+            values = [f.epoch_accuracies[e] for f in self.folds if e < len(f.epoch_accuracies)]
+            out.append(float(np.mean(values)) if len(values) == len(self.folds) else None)
+        return out
 
     @property
     def accuracy(self) -> float:
@@ -124,9 +173,13 @@ class EvaluationResult:
             "fold_accuracies": [None if math.isnan(f.accuracy) else f.accuracy for f in self.folds],
             "fold_fit_seconds": [f.fit_seconds for f in self.folds],
             "fold_epochs": [f.epochs_completed for f in self.folds],
+            "epochs_completed": self.epochs_completed,
+            "epoch_accuracies": self.epoch_accuracies,
+            "fold_epoch_accuracies": [list(f.epoch_accuracies) for f in self.folds],
             "fit_seconds": self.fit_seconds,
+            "fold_test_seconds": [f.test_seconds for f in self.folds],
             "diverged": self.diverged,
-            "timed_out": self.timed_out,
+            "censored": self.censored,
             "invalid": self.invalid,
             "error": self.error,
             "message": self.message,
@@ -232,14 +285,16 @@ def run_fold(
             max_chunk = _chunk_rows(est, chunk_rows)
             chunk = _batch_size(est)  # start with one mini-batch: a slow model is checked early
             target = CHUNK_SECONDS if time_limit is None else min(CHUNK_SECONDS, max(0.05, time_limit / 10))
-            n_train = len(train_idx)
+            n_train, n_epochs = len(train_idx), int(epochs)
             t0 = time.perf_counter()
             # the limit counts this process's CPU time, not wall time, so that a
-            # crowded machine (more jobs than cores) does not cut trials short
+            # crowded machine (more jobs than cores) does not cut trials short;
+            # the per-epoch tests are not training and are not counted
             cpu0 = time.process_time()
+            test_cpu = 0.0
             stop = False
             with np.errstate(all="ignore"):
-                for epoch in range(int(epochs)):
+                for epoch in range(n_epochs):
                     order = train_idx[rng.permutation(n_train)]
                     start = 0
                     while start < n_train:
@@ -256,10 +311,12 @@ def run_fold(
                             res.diverged, stop = True, True
                             res.message = f"diverged (non-finite values) in epoch {epoch + 1}"
                             break
-                        if time_limit is not None and time.process_time() - cpu0 > time_limit:
-                            res.timed_out, stop = True, True
+                        finished = epoch == n_epochs - 1 and start >= n_train  # nothing was cut short
+                        if (time_limit is not None and not finished
+                                and time.process_time() - cpu0 - test_cpu > time_limit):
+                            res.censored, stop = True, True
                             res.message = (
-                                f"time limit of {time_limit:g} CPU s reached after "
+                                f"censored: time limit of {time_limit:g} CPU s reached after "
                                 f"{res.epochs_completed:.2f} of {epochs} epochs"
                             )
                             break
@@ -270,8 +327,20 @@ def run_fold(
                         cpu0 += time.process_time() - cpu
                     if stop:
                         break
-                res.fit_seconds = time.perf_counter() - t0
-                res.accuracy = _accuracy(est, X, y, test_idx)
+                    # a whole epoch trained: one point of the learning curve
+                    c_test, w_test = time.process_time(), time.perf_counter()
+                    res.epoch_accuracies.append(_accuracy(est, X, y, test_idx))
+                    test_cpu += time.process_time() - c_test
+                    res.test_seconds += time.perf_counter() - w_test
+                res.fit_seconds = time.perf_counter() - t0 - res.test_seconds
+                if stop or not res.epoch_accuracies:  # stopped inside an epoch: test the model as it is
+                    w_test = time.perf_counter()
+                    res.accuracy = _accuracy(est, X, y, test_idx)
+                    res.test_seconds += time.perf_counter() - w_test
+                else:
+                    res.accuracy = res.epoch_accuracies[-1]
+                if res.diverged:  # a diverged model stays so: its accuracy holds for the epochs left
+                    res.epoch_accuracies += [res.accuracy] * (n_epochs - len(res.epoch_accuracies))
         except InvalidConfigurationError as exc:
             res.invalid, res.message = True, f"invalid configuration: {exc}"
         except MemoryError:
@@ -281,6 +350,7 @@ def run_fold(
                 res.diverged = True
                 res.message = f"diverged: {type(exc).__name__}: {exc}"
                 res.accuracy = 1.0 / len(classes)
+                res.epoch_accuracies += [res.accuracy] * (int(epochs) - len(res.epoch_accuracies))
             else:
                 res.error = True
                 tb = traceback.extract_tb(exc.__traceback__)
@@ -313,9 +383,10 @@ def evaluate(
         with the workers by reference); y: int labels ``(n,)``.
     split_seed: seed of the fold split; init_seed: seed from which each fold's
         model initialisation and shuffling seed is derived.
-    time_limit: CPU seconds of training allowed per fold (None: unlimited);
-        checked between chunks, so a fold may overrun it by one chunk
-        (about ``CHUNK_SECONDS``); testing the stopped model is not counted.
+    time_limit: CPU seconds of training allowed per fold (None: unlimited), a
+        guard against runaway configurations; checked between chunks, so a fold
+        may overrun it by one chunk (about ``CHUNK_SECONDS``); testing is not
+        counted. A fold that hits it is *censored* (see the module docstring).
     n_jobs: folds run in parallel on at most this many processes; BLAS threads
         inside each are limited so that the total stays within ``n_jobs``.
     """
@@ -337,7 +408,7 @@ def evaluate(
     else:
         _warm_up_once(model, params, X, y, splits[0][0], input_shape, classes, epochs, options)
         folds = Parallel(n_jobs=n_par, backend="loky", max_nbytes="1M", mmap_mode="r")(calls)
-    return EvaluationResult(folds=list(folds), n_classes=len(classes))
+    return EvaluationResult(folds=list(folds), n_classes=len(classes), epochs=int(epochs))
 
 
 def _warm_up_once(model, params, X, y, train_idx, input_shape, classes, epochs, options):

@@ -4,7 +4,7 @@
 evaluation error, or a worker that died, with a message). Skipped trials
 (never evaluated) stay in the storage only, so the tables of a study do not
 depend on how many workers ran it. ``best.json`` holds the best valid
-COMPLETE trial.
+COMPLETE trial that was not censored.
 """
 
 from __future__ import annotations
@@ -53,12 +53,13 @@ def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
         for k in range(settings.n_folds):
             a = accs[k] if k < len(accs) else None
             row[f"accuracy_fold_{k + 1}"] = math.nan if a is None else a
+        row.update(epoch_columns(ua, settings.epochs))
         row["fit_seconds"] = ua.get("fit_seconds", math.nan)
         for k in range(settings.n_folds):
             row[f"fit_seconds_fold_{k + 1}"] = secs[k] if k < len(secs) else math.nan
         row["duration_seconds"] = ua.get("duration_seconds", math.nan)
         row["diverged"] = bool(ua.get("diverged", False))
-        row["timed_out"] = bool(ua.get("timed_out", False))
+        row["censored"] = bool(ua.get("censored", ua.get("timed_out", False)))  # timed_out: older storages
         row["invalid"] = bool(ua.get("invalid", False))
         message = ua.get("message", "")
         if not message and trial_kind(t) == "died":
@@ -75,12 +76,32 @@ def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def epoch_columns(record: dict[str, Any], epochs: int) -> dict[str, float]:
+    """``epochs_completed`` and ``accuracy_epoch_1`` .. ``accuracy_epoch_<epochs>`` (mean test
+    accuracy over folds after each epoch; NaN where not every fold completed it) of an
+    evaluation record (:meth:`bioplaus.study.evaluation.EvaluationResult.as_record`). Records
+    of older storages lack the curve: its columns are NaN; ``epochs_completed`` then falls
+    back to the smallest of ``fold_epochs``."""
+    completed = record.get("epochs_completed")
+    if completed is None:
+        folds = [e for e in (record.get("fold_epochs") or []) if e is not None]
+        completed = min(folds) if folds else math.nan
+    out: dict[str, float] = {"epochs_completed": float(completed)}
+    curve = record.get("epoch_accuracies") or []
+    for e in range(int(epochs)):
+        value = curve[e] if e < len(curve) else None
+        out[f"accuracy_epoch_{e + 1}"] = math.nan if value is None else float(value)
+    return out
+
+
 def best_record(study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
-    """The best valid COMPLETE trial (highest mean accuracy) as a JSON-able dict."""
+    """The best valid COMPLETE trial (highest mean accuracy; censored trials, cut short by
+    the time limit, are not candidates) as a JSON-able dict."""
     best = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         acc = t.user_attrs.get("accuracy")
-        if acc is None or t.user_attrs.get("invalid"):
+        ua = t.user_attrs
+        if acc is None or ua.get("invalid") or ua.get("censored", ua.get("timed_out")):
             continue
         if best is None or acc > best.user_attrs["accuracy"]:
             best = t

@@ -24,6 +24,7 @@ import pandas as pd
 
 from bioplaus.models.registry import get_model
 from bioplaus.study.evaluation import evaluate
+from bioplaus.study.export import epoch_columns
 from bioplaus.study.seeds import REPEAT, derive_seed
 
 
@@ -89,9 +90,10 @@ def run_repeats(
             }
             for k, a in enumerate(rec["fold_accuracies"]):
                 row[f"accuracy_fold_{k + 1}"] = math.nan if a is None else a
+            row.update(epoch_columns(rec, epochs))
             row.update({
                 "fit_seconds": rec["fit_seconds"], "diverged": rec["diverged"],
-                "timed_out": rec["timed_out"], "invalid": rec["invalid"], "error": rec["error"],
+                "censored": rec["censored"], "invalid": rec["invalid"], "error": rec["error"],
                 "message": rec["message"], "chance": rec["chance"],
             })
             row["params_json"] = keys[source]

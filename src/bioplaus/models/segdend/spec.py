@@ -55,7 +55,12 @@ def build(params, *, input_shape, n_classes, epochs, random_state, options=None)
     Windows: ``integration_time = settle_rule(min(l_f_phase, l_t_phase))`` and
     ``integration_time_test = settle_rule(l_f_phase_test)`` (settle
     ``min(30, L // 2)`` steps), always valid. ``mem = int(10 / dt)`` as in the
-    reference. ``options`` (:data:`OPTIONS`) go to the estimator as given;
+    reference. ``noisy_symmetric_weights`` is passed on only with
+    ``use_symmetric_weights``: the noise perturbs imposed symmetric feedback,
+    so without it the switch has no effect, and the 2019 study ran such points
+    with the noise ignored; mapping them to ``False`` makes them valid runs
+    instead of wasted samples (the estimator itself rejects the explicit
+    combination), and the sampled value stays in the trial's parameters. ``options`` (:data:`OPTIONS`) go to the estimator as given;
     the estimator's defaults apply to the others.
     """
     options = SPEC.resolve_options(options)
@@ -67,6 +72,8 @@ def build(params, *, input_shape, n_classes, epochs, random_state, options=None)
         kwargs[name] = int(params[name])
     if not kwargs["update_feedback_weights"]:
         kwargs["b_etas"] = 0.0
+    if not kwargs["use_symmetric_weights"]:  # no symmetric feedback to perturb: as the 2019 runs
+        kwargs["noisy_symmetric_weights"] = False
     return SegregatedDendriteClassifier(
         hidden_layer_sizes=hidden,
         **kwargs,
@@ -91,7 +98,7 @@ DEFAULT_PARAMS = {
 def inactive(params):
     """Hyperparameters without effect in this point: widths beyond ``num_layers``; ``b_etas`` without
     ``update_feedback_weights`` (build sets it to 0); ``g_A`` without ``use_apical_conductance``;
-    ``noisy_symmetric_weights`` without ``use_symmetric_weights``; ``use_broadcast`` with one hidden
+    ``noisy_symmetric_weights`` without ``use_symmetric_weights`` (build sets it to False); ``use_broadcast`` with one hidden
     layer (the output layer is the only feedback source either way)."""
     names = unused_widths(params)
     if not params["update_feedback_weights"]:
