@@ -162,13 +162,15 @@ class ReferenceNetwork:
         E[-1] = -(lam_t - lam_max * sC) * k_D * lam_max * sC * (1 - sC)
         alpha_f = [sig(plateau_mean("f", l)) for l in range(nL - 1)]
         alpha_t = [sig(plateau_mean("t", l)) for l in range(nL - 1)]
-        for l in range(nL - 2, -1, -1):
-            sC = sig(Cf[l])
-            if cfg.use_backprop:
-                E[l] = (self.W[l + 1].T @ E[l + 1]) * k_B * lam_max * sC * (1 - sC)
-            else:
-                E[l] = -(alpha_t[l] - alpha_f[l]) * k_B * lam_max * sC * (1 - sC)
-        for l in range(nL):
+        # layers are updated from the top; with backprop a hidden error passes through the layer
+        # above's weights as already updated (the published code's order)
+        for l in range(nL - 1, -1, -1):
+            if l < nL - 1:
+                sC = sig(Cf[l])
+                if cfg.use_backprop:
+                    E[l] = (self.W[l + 1].T @ E[l + 1]) * k_B * lam_max * sC * (1 - sC)
+                else:
+                    E[l] = -(alpha_t[l] - alpha_f[l]) * k_B * lam_max * sC * (1 - sC)
             P = 20.0 / lam_max**2 if l == nL - 1 else 20.0 / lam_max
             self.W[l] -= cfg.f_etas[l] * P * np.outer(E[l], psp_f[l])
             self.b[l] -= cfg.f_etas[l] * P * E[l]
@@ -179,14 +181,14 @@ class ReferenceNetwork:
                 self.Y[l] -= cfg.b_etas[l] * np.outer(E_inv, mean("f", "psp_fb", l))
                 if cfg.use_feedback_bias:
                     self.c[l] -= cfg.b_etas[l] * E_inv
-                if self.masks[l] is not None:
-                    self.Y[l] *= self.masks[l]
+                if self.masks[l] is not None:  # re-masked, survivors times 5 (after every update)
+                    self.Y[l] *= 5.0 * self.masks[l]
         if cfg.use_symmetric_weights:
             raw = [None] * (nL - 1)
             for l in range(nL - 2, -1, -1):
                 Wt = self.W[l + 1].T
                 if cfg.noisy_symmetric_weights:
-                    Wt = Wt + self.rs.normal(0.05, Wt.shape)
+                    Wt = Wt + self.rs.normal(0.05, Wt.shape if cfg.use_broadcast else ())  # one number
                 raw[l] = Wt @ raw[l + 1] if (cfg.use_broadcast and l < nL - 2) else Wt
             for l in range(nL - 1):
                 self.Y[l] = raw[l] * (5.0 * self.masks[l]) if self.masks[l] is not None else raw[l].copy()
@@ -257,6 +259,9 @@ RATE_CASES = {
     "symmetric": dict(use_symmetric_weights=True),
     "noisy_symmetric_2h": dict(use_symmetric_weights=True, noisy_symmetric_weights=True,
                                sizes=(64, 16, 12, 10), f_etas=(0.2, 0.2, 0.2), b_etas=(0.1, 0.1)),
+    "noisy_symmetric_no_broadcast_2h": dict(use_symmetric_weights=True, noisy_symmetric_weights=True,
+                                            use_broadcast=False, sizes=(64, 16, 12, 10), f_etas=(0.2, 0.2, 0.2),
+                                            b_etas=(0.1, 0.1)),
     "feedback_learning_bias": dict(update_feedback_weights=True, use_feedback_bias=True),
     "feedback_learning_sparse": dict(update_feedback_weights=True, use_sparse_feedback=True),
     "sparse_symmetric": dict(use_sparse_feedback=True, use_symmetric_weights=True),

@@ -26,6 +26,8 @@ WALD_MEAN, WALD_SCALE = 2.0, 1.0
 #: Sparse feedback: fraction of zeroed feedback weights, gain of the survivors.
 SPARSE_FRACTION, SPARSE_GAIN = 0.8, 5.0
 NOISY_SYMMETRIC_SD = 0.05
+#: Weight optimisation: target mean and spread of the initial biases (feedforward and feedback).
+INIT_B_AVG, INIT_B_SD = 0.8, 0.001
 #: Spike uniforms are drawn for as many steps at once as fit in this many numbers.
 UNIFORM_BLOCK = 1 << 20
 

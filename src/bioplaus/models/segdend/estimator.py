@@ -18,11 +18,16 @@ them before each example. Plateau times (``use_rand_plateau_times``) fall
 ``min(int|N(0, 3)|, 5)`` steps before the phase end, clipped so that the
 integration window stays inside the phase. Random phase lengths add
 ``int(Wald(2, 1))`` steps to ``l_f_phase`` / ``l_t_phase``. Initial weights use
-``U(-1/2, 1/2)`` scaled by ``3.465 * W_sd`` (s.d. ``W_sd``, the stated target;
-the reference draws the same). With sparse feedback the mask is fixed and the
-survivors of a symmetric (re-)imposition are multiplied by 5 once; learned
-feedback weights keep their zeros. ``use_backprop`` uses the feedforward
-weights the example was simulated with.
+``U(-1, 1)`` scaled by ``3.465 * W_sd`` (s.d. ``2 W_sd``, as the specification and
+the reference code draw them); weight-optimised feedback biases are drawn like
+the feedforward ones, ``0.8 + 3.465 * 0.001 * U(-1, 1)``, as in the reference.
+With sparse feedback the mask is fixed and the survivors of a symmetric
+(re-)imposition are multiplied by 5 once; learned feedback weights are
+re-masked after every update and their survivors multiplied by 5 each time,
+as the reference code does (they grow 5-fold per example, and such networks
+diverge within some hundreds of examples). ``use_backprop`` uses the
+feedforward weights of the layer above as already updated by the same example
+(the reference code's order: updates from the output layer down).
 """
 
 from __future__ import annotations

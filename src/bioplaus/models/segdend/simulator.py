@@ -35,7 +35,7 @@ SplitMix64 sequence), input first then layers bottom-up, for every source whose 
 feedforward; hidden layer: spiking feedforward, or spiking feedback and it is a
 feedback source; output: spiking feedback and there is a hidden layer); after
 each update, for noisy symmetric feedback, one normal draw per hidden layer from
-the top down, shaped like ``W_{l+1}.T``.
+the top down, shaped like ``W_{l+1}.T`` (one number without broadcast).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from bioplaus.models.segdend import _kernel
 from bioplaus.models.segdend.config import (
     PLATEAU_OFFSET_MAX, PLATEAU_OFFSET_SD, UNIFORM_BLOCK, WALD_MEAN, WALD_SCALE, Config, validate,
 )
-from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD
+from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD, SPARSE_GAIN
 from bioplaus.models.segdend import state as _state
 from bioplaus.models.segdend.state import State, Weights, padded, rank_update
 
@@ -342,7 +342,8 @@ class Simulator:
         b_etas = cfg.b_etas if b_etas is None else b_etas
         if cfg.use_backprop or cfg.use_symmetric_weights or cfg.use_spiking_feedforward:
             w.flush()  # these read WT directly
-        # errors (all from the weights the examples were simulated with)
+        # errors (from the weights the examples were simulated with; with use_backprop the hidden
+        # errors are formed again during the updates, see _backprop_updates)
         if st.errors is None:  # buffers of this state: E per layer, E_inv per hidden layer
             st.errors = (padded([np.zeros_like(c) for c in st.C], nL, self._dummy2),
                          padded([np.zeros_like(a) for a in st.A], nL, self._dummy2, -1))
@@ -354,7 +355,9 @@ class Simulator:
             return loss, False
         # apply the mean of the B per-example updates
         scales = self._scales(f_etas)
-        if B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
+        if cfg.use_backprop:
+            self._backprop_updates(w, fsums[0], fwd["psp_ff"], E, scales, B)
+        elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
             mode, deferred = self._update_modes(w, defer)
             if w.ensure_pending(deferred):
@@ -376,7 +379,9 @@ class Simulator:
                 if w.c[l] is not None:
                     w.c[l] -= dt.type(b_etas[l]) * E_inv[l].mean(axis=0)
                 if w.masks[l] is not None and not cfg.use_symmetric_weights:
-                    w.YT[l] *= w.masks[l]
+                    # the reference re-imposes the sparse mask after every feedback update, survivors
+                    # times 5 each time (so they grow 5-fold per example)
+                    w.YT[l] *= w.masks[l] * SPARSE_GAIN
         if cfg.use_symmetric_weights:
             noise = None
             if cfg.noisy_symmetric_weights:
@@ -385,6 +390,27 @@ class Simulator:
         st.reproject(w)
         finite = bool(np.isfinite(st.sources[-1].rates.sum())) and bool(np.isfinite(w.b[0].sum()))
         return loss, finite
+
+    def _backprop_updates(self, w, C_f, psp_ff, E, scales, B):
+        """Weight updates of ``use_backprop``, from the output layer down.
+
+        As in the reference code, layer ``l + 1`` is updated before the error
+        of layer ``l`` is formed, and that error backpropagates through the
+        updated weights: ``E_l = (E_{l+1} @ W_{l+1}^new) k_B lam_max s'(C_l)``
+        (the specification leaves open which ``W_{l+1}``). ``E`` (per layer,
+        (B, n_l)) holds the local errors on entry (only the output layer's is
+        used) and the errors used on return.
+        """
+        cfg = self.cfg
+        gain = cfg.k_B * cfg.lambda_max
+        for l in range(cfg.n_layers - 1, -1, -1):
+            if l < cfg.n_layers - 1:
+                s = sigmoid(C_f[l])
+                El = E[l]
+                np.dot(E[l + 1], w.WT[l + 1].T, out=El)
+                El *= gain * s * (1.0 - s)
+            rank_update(w.WT[l], psp_ff[l], E[l], -scales[l] / B)
+            w.b[l] -= scales[l] * E[l].mean(axis=0)
 
     # -- testing -----------------------------------------------------------
 

@@ -16,7 +16,9 @@ import numpy as np
 from scipy.linalg import blas as _blas
 
 from bioplaus.models.segdend import _kernel
-from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD, SPARSE_FRACTION, SPARSE_GAIN, Config
+from bioplaus.models.segdend.config import (
+    INIT_B_AVG, INIT_B_SD, NOISY_SYMMETRIC_SD, SPARSE_FRACTION, SPARSE_GAIN, Config,
+)
 
 
 
@@ -26,7 +28,7 @@ def weight_optimization_stats(N, lambda_max):
     Chosen so that dendritic potentials start near mean 3, s.d. 3 with a bias
     of 0.8, assuming the sigmoid's linear slope ``nu = lambda_max / 4``.
     """
-    V_avg, V_sd, b_avg = 3.0, 3.0, 0.8
+    V_avg, V_sd, b_avg = 3.0, 3.0, INIT_B_AVG
     nu = lambda_max * 0.25
     V_sm = V_sd**2 + V_avg**2
     W_avg = (V_avg - b_avg) / (nu * N * V_avg)
@@ -103,29 +105,29 @@ class Weights:
         sizes, L = cfg.sizes, cfg.n_layers
         WT, b = [None] * L, [None] * L
 
-        def centred(shape):  # U(-1/2, 1/2): unit variance after scaling by 3.465 ~ 2 sqrt(3)
-            return rng.random(shape) - 0.5
+        def uniform(shape):  # U(-1, 1) as the specification and the reference draw it (-1 + 2 u)
+            return -1.0 + 2.0 * rng.random(shape)
 
         for l in range(L):
             N, n = sizes[l], sizes[l + 1]
             if cfg.use_weight_optimization:
                 W_avg, W_sd = weight_optimization_stats(N, cfg.lambda_max)
-                W = W_avg + 3.465 * W_sd * centred((n, N))
-                b[l] = 0.8 + 3.465 * 0.001 * centred(n)
+                W = W_avg + 3.465 * W_sd * uniform((n, N))
+                b[l] = INIT_B_AVG + 3.465 * INIT_B_SD * uniform(n)
             else:
-                W = 0.1 * centred((n, N))
-                b[l] = 1.0 * centred(n)
+                W = 0.1 * uniform((n, N))
+                b[l] = 1.0 * uniform(n)
             WT[l] = np.ascontiguousarray(W.T)
         YT, c, masks = [None] * (L - 1), [None] * (L - 1), [None] * (L - 1)
         for l in range(L - 1):
             n, n_src = sizes[l + 1], sizes[cfg.feedback_source(l) + 1]
             if cfg.use_weight_optimization:
                 Y_avg, Y_sd = weight_optimization_stats(n, cfg.lambda_max)
-                Y = Y_avg + 3.465 * Y_sd * centred((n, n_src))
-                c[l] = Y_avg + 3.465 * Y_sd * centred(n)
+                Y = Y_avg + 3.465 * Y_sd * uniform((n, n_src))
+                c[l] = INIT_B_AVG + 3.465 * INIT_B_SD * uniform(n)  # feedback biases as feedforward ones
             else:
-                Y = centred((n, n_src))
-                c[l] = centred(n)
+                Y = uniform((n, n_src))
+                c[l] = uniform(n)
             YT[l] = np.ascontiguousarray(Y.T)
         for l in range(L - 1):  # masks drawn after all weights (the reference's order)
             if cfg.use_sparse_feedback:
@@ -147,15 +149,18 @@ class Weights:
         """Feedback = transposes of feedforward weights (products of them under broadcast).
 
         ``noise(shape)`` (optional) returns N(0, 0.05) noise added to each
-        transpose. Sparse masks are applied afterwards (survivors times 5);
-        the products are formed from the unmasked matrices.
+        transpose: a matrix under broadcast, one number per layer without
+        (the reference code's choice; the specification is silent). Sparse
+        masks are applied afterwards (survivors times 5); the products are
+        formed from the unmasked matrices.
         """
         L = cfg.n_layers
         unmasked = [None] * (L - 1)
         for l in range(L - 2, -1, -1):
             Wt_above = self.WT[l + 1].T  # W_{l+1} (n_{l+1}, n_l) == Y_l^T for the layer above
             if noise is not None:
-                Wt_above = Wt_above + noise(Wt_above.shape[::-1]).T.astype(Wt_above.dtype)
+                shape = Wt_above.shape[::-1] if cfg.use_broadcast else ()
+                Wt_above = Wt_above + noise(shape).T.astype(Wt_above.dtype)
             if cfg.use_broadcast and l < L - 2:
                 # Y_l = W_{l+1}^T @ Y_{l+1}  ->  YT_l = YT_{l+1} @ W_{l+1}
                 unmasked[l] = unmasked[l + 1] @ Wt_above
