@@ -461,7 +461,7 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
 
     One line per model (:func:`bioplaus.analysis.statistics.learning_table`: valid,
     uncensored trials; "learns" = accuracy >= chance + LEARNS_MARGIN) with its
-    95% Wilson interval as a band. With the uniformly random sampler the line
+    95% Wilson interval as a band and error bars. With the uniformly random sampler the line
     is the share of the search space that learns after e epochs: a line still
     rising at the last epoch says that more training would make more
     configurations learn. Raises ``ValueError`` when no trial has per-epoch
@@ -485,6 +485,11 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
             epochs = rows["epoch"].to_numpy()
             ax.fill_between(epochs, rows["frac_learns_lo"], rows["frac_learns_hi"], color=color,
                             alpha=0.15, linewidth=0)
+            frac = rows["frac_learns"].to_numpy()
+            below = np.clip(frac - rows["frac_learns_lo"].to_numpy(), 0.0, None)  # rounding at 0 and 1
+            above = np.clip(rows["frac_learns_hi"].to_numpy() - frac, 0.0, None)
+            ax.errorbar(epochs, frac, yerr=[below, above],
+                        fmt="none", ecolor=color, elinewidth=0.9, capsize=2.5)  # visible with one epoch too
             n = int(rows["n"].iloc[-1])
             ax.plot(epochs, rows["frac_learns"], color=color, marker="o", markersize=4, linewidth=2.0,
                     label=f"{model_label(model)} (n={n})")
