@@ -67,6 +67,10 @@ def _settings(args):
     from bioplaus.data import load_prepared
     from bioplaus.study import StudySettings
 
+    StudySettings(dataset="-", model=args.model, sampler=args.sampler, n_trials=args.n_trials,
+                  n_folds=args.folds, epochs=args.epochs, seed=args.seed, time_limit=args.time_limit,
+                  n_initial_points=args.n_initial_points, kappa=args.kappa, max_retries=args.max_retries,
+                  max_consecutive_invalid=args.max_consecutive_invalid)  # bad values stop before the data loads
     data = load_prepared(args.data)
     meta = json.loads((Path(args.data) / "meta.json").read_text())
     fp = f"{meta.get('name')}:n={meta.get('n')}:max_samples={meta.get('max_samples')}:seed={meta.get('seed')}"
@@ -75,6 +79,7 @@ def _settings(args):
         n_trials=args.n_trials, n_folds=args.folds, epochs=args.epochs, seed=args.seed,
         time_limit=args.time_limit, options=_json_arg(args.options),
         n_initial_points=args.n_initial_points, kappa=args.kappa, data_fingerprint=fp,
+        max_retries=args.max_retries, max_consecutive_invalid=args.max_consecutive_invalid,
     )
     return settings, data
 
@@ -140,3 +145,14 @@ def cmd_repeats(args) -> None:
         epochs=args.epochs, options=options, time_limit=args.time_limit, n_jobs=_threads(args.threads),
         out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
     )
+
+
+def cmd_repair_journal(args) -> None:
+    from bioplaus.study.storage import repair_journal
+
+    path = Path(args.journal)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study journal at {path}")
+    dropped = repair_journal(path, truncate=args.truncate)
+    print(f"{path}: " + (f"dropped {dropped} bytes (kept beside it)" if dropped else "intact, nothing to do"),
+          file=sys.stderr)
