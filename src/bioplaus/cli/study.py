@@ -66,6 +66,7 @@ def _liveness(args) -> dict:
 def _settings(args):
     from bioplaus.data import load_prepared
     from bioplaus.study import StudySettings
+    from bioplaus.study.settings import data_fingerprint
 
     StudySettings(dataset="-", model=args.model, sampler=args.sampler, n_trials=args.n_trials,
                   n_folds=args.folds, epochs=args.epochs, seed=args.seed, time_limit=args.time_limit,
@@ -73,7 +74,7 @@ def _settings(args):
                   max_consecutive_invalid=args.max_consecutive_invalid)  # bad values stop before the data loads
     data = load_prepared(args.data)
     meta = json.loads((Path(args.data) / "meta.json").read_text())
-    fp = f"{meta.get('name')}:n={meta.get('n')}:max_samples={meta.get('max_samples')}:seed={meta.get('seed')}"
+    fp = data_fingerprint(meta)
     settings = StudySettings(
         dataset=args.dataset or data.name, model=args.model, sampler=args.sampler,
         n_trials=args.n_trials, n_folds=args.folds, epochs=args.epochs, seed=args.seed,

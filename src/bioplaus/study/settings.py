@@ -87,3 +87,8 @@ class StudySettings:
             "kappa": self.kappa,
             "data": self.data_fingerprint,
         }
+
+
+def data_fingerprint(meta: dict) -> str:
+    """The prepared dataset's part of a study's fingerprint, from its ``meta.json``."""
+    return f"{meta.get('name')}:n={meta.get('n')}:max_samples={meta.get('max_samples')}:seed={meta.get('seed')}"
