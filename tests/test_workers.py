@@ -562,3 +562,15 @@ def test_cli_settings_that_cannot_run_exit_2_before_any_trial(tmp_path, prepared
     assert lines[-1].startswith("bioplaus: error:") and message in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr and "trial 0" not in proc.stderr
     assert not (tmp_path / "out" / "trials.csv").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="psycopg2 is not installed")
+def test_an_unreachable_postgresql_is_one_line_with_the_password_redacted(tmp_path, prepared_digits):
+    proc = _cli("study", "--data", str(prepared_digits), "--model", "mlp", "--sampler", "random",
+                "--out", str(tmp_path / "out"), "--n-trials", "2",
+                "--storage", "postgresql://u:s3cr3t@127.0.0.1:1/db")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "cannot reach the study storage postgresql://u:***@127.0.0.1:1/db" in lines[0]
+    assert "s3cr3t" not in proc.stderr and "Traceback" not in proc.stderr

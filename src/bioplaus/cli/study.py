@@ -101,18 +101,17 @@ def cmd_study(args) -> None:
 
     settings, data = _settings(args)
     storage_url = _storage_for(args)
-    if args.fresh:
-        if "://" in storage_url:
-            import optuna
-
-            try:
-                optuna.delete_study(study_name=settings.study_name, storage=storage_url)
-            except KeyError:
-                pass
-        else:
-            Path(storage_url).unlink(missing_ok=True)
+    if args.fresh and "://" not in storage_url:
+        Path(storage_url).unlink(missing_ok=True)
     liveness = _liveness(args)
-    storage = open_storage(storage_url, **liveness)
+    storage = open_storage(storage_url, **liveness)  # an unreachable server: one line, password redacted
+    if args.fresh and "://" in storage_url:
+        import optuna
+
+        try:
+            optuna.delete_study(study_name=settings.study_name, storage=storage)
+        except KeyError:
+            pass
     study = run_worker(settings, storage, data.X, data.y, data.input_shape, n_jobs=_threads(args.threads),
                        **liveness)
     if not args.worker_only:
