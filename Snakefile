@@ -10,22 +10,33 @@
 #   results/figures/*.png|pdf                        figures
 
 import os
+import sys
 
 from snakemake.utils import min_version
 
 from bioplaus.config import validate_config
+from bioplaus.workflow_support import check_stored_studies, clear_stale_locks, read_config, rerun_incomplete_always
 
 min_version("8.0")
 
 # config.yaml is the default study; `--configfile other.yaml` replaces it
-# (instead of merging its dataset list into the default one).
-if not workflow.overwrite_configfiles:
-
-    configfile: "config.yaml"
-
-
+# (instead of merging its dataset list into the default one). Both are read
+# by bioplaus's loader (YAML 1.2 numbers such as 1e300; a syntax error names
+# the file and line), `--config key=value` on top.
+config.clear()
+config.update(read_config(list(workflow.config_settings.configfiles) or ["config.yaml"],
+                          workflow.config_settings.config))
 
 validate_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+
+# "Run the same command again" after a kill: a job cut short is re-run
+# (--rerun-incomplete; its study resumes from its storage), a killed run's
+# directory lock is removed when no other Snakemake works here, and a study
+# whose stored settings differ from the config stops the run before any of
+# its outputs is deleted.
+rerun_incomplete_always(workflow)
+clear_stale_locks(".", log=lambda msg: print(msg, file=sys.stderr))
+check_stored_studies(config, "results")
 
 
 include: "workflow/rules/common.smk"

@@ -30,8 +30,10 @@ def test_study_writes_documented_tables(tmp_path, prepared_digits):
     study = run_worker(settings, storage, data.X, data.y, data.input_shape)
     trials_csv, best_json = write_outputs(study, settings, tmp_path / "s")
     df = pd.read_csv(trials_csv)
-    assert list(df["number"]) == list(range(6))
+    assert list(df["number"]) == list(range(len(df)))  # one worker, no death: every ask evaluated
     assert (df["state"] == "COMPLETE").all()
+    assert (~df["invalid"]).sum() == 6  # n_trials counts valid trials; invalid ones are shown besides
+    assert list(df["draw"]) == list(df["number"])
     for col in ("accuracy", "accuracy_fold_1", "accuracy_fold_3", "fit_seconds", "fit_seconds_fold_2",
                 "diverged", "censored", "epochs_completed", "invalid", "message", "seed", "chance",
                 "param_mode", "param_shrink", *(f"accuracy_epoch_{e + 1}" for e in range(settings.epochs))):
@@ -55,13 +57,13 @@ def test_resume_continues_without_repeating(tmp_path, prepared_digits):
     first = run_worker(_settings(n_trials=3), open_storage(path), data.X, data.y, data.input_shape)
     before = {t.number: (t.params, t.datetime_start) for t in first.trials}
     again = run_worker(_settings(n_trials=5), open_storage(path), data.X, data.y, data.input_shape)
-    done = [t for t in again.trials if t.state == TrialState.COMPLETE]
-    assert [t.number for t in done] == [0, 1, 2, 3, 4]
-    for t in done[:3]:
-        assert (t.params, t.datetime_start) == before[t.number]  # not re-run
+    valid = [t for t in again.trials if t.state == TrialState.COMPLETE and not t.user_attrs["invalid"]]
+    assert len(valid) == 5
+    for number, (params, start) in before.items():
+        assert (again.trials[number].params, again.trials[number].datetime_start) == (params, start)  # not re-run
     # asking for fewer trials than the study holds runs nothing
     third = run_worker(_settings(n_trials=2), open_storage(path), data.X, data.y, data.input_shape)
-    assert len(third.trials) == 5
+    assert len(third.trials) == len(again.trials)
 
 
 def test_changed_settings_refuse_to_resume(tmp_path, prepared_digits):

@@ -86,10 +86,50 @@ def test_dead_workers_slot_is_requeued_once_and_a_late_surplus_is_not():
     assert plan_slots(trials, 3).done == {0, 1, 2}
 
 
-def test_evaluation_error_retires_its_slot_but_skips_do_not_count():
-    trials = [_trial(0, F, error=True), _trial(1, F, skipped="surplus"), _trial(2, C, value=0.1), _trial(3, R)]
+def test_errors_and_invalid_points_retire_their_slot_a_surplus_skip_does_not():
+    trials = [_trial(0, F, error=True), _trial(1, F, skipped="surplus", params={}), _trial(2, C, value=0.1),
+              _trial(3, R), _trial(4, C, value=0.1, invalid=True), _trial(5, F, skipped="dup", duplicate=True)]
     plan = plan_slots(trials, 2)
-    assert plan.slots == [2, 3] and not plan.orphans
+    # a surplus skip is not lost: once a lower draw is retired it is a slot again, re-queued
+    # unsampled (its copy draws the same configuration with the draw's seed)
+    assert plan.slots == [1, 2] and plan.orphans == {1: {}}
+    assert plan.outcomes == {0: "error", 1: "unevaluated", 2: "valid", 3: "pending", 4: "invalid",
+                             5: "duplicate"}
+    assert plan.complete == 1  # the invalid trial is COMPLETE but does not count
+    assert plan_slots(trials, 4).slots == [1, 2, 3]  # invalid, error and duplicate draws fill no slot
+
+
+def test_draw_index_counts_fresh_trials_only():
+    from bioplaus.study.slots import draw_index
+
+    trials = [_trial(0, C, value=0.5), _trial(1, F), _trial(2, C, value=0.5), _trial(3, C, origin=1, value=0.5),
+              _trial(4, R)]
+    assert [draw_index(trials, o) for o in (0, 1, 2, 4)] == [0, 1, 2, 3]  # the copy (3) is no draw
+
+
+def test_a_configuration_that_keeps_killing_its_worker_is_retired():
+    died = [_trial(0, F, params={"x": 1.0}), _trial(1, F, origin=0, params={"x": 1.0})]
+    assert plan_slots(died, 2, max_retries=3).orphans == {0: {"x": 1.0}}  # re-queued again
+    died.append(_trial(2, F, origin=0, params={"x": 1.0}))
+    plan = plan_slots(died, 2, max_retries=3)
+    assert plan.outcomes[0] == "gave_up" and not plan.orphans and plan.slots == []
+
+
+def test_a_study_stops_when_its_space_yields_no_valid_point_or_its_model_keeps_failing():
+    from bioplaus.study.slots import stop_reason
+
+    invalid = [_trial(k, C, value=0.1, invalid=True) for k in range(5)]
+    assert stop_reason(plan_slots(invalid, 3), max_consecutive_invalid=6) is None
+    why = stop_reason(plan_slots(invalid, 3), max_consecutive_invalid=5)
+    assert "5 configurations in a row were invalid" in why and "max_consecutive_invalid" in why
+    # a valid trial ends the run: only the failures since the last valid one count
+    mixed = invalid[:3] + [_trial(3, C, value=0.5)] + invalid[4:] + [_trial(5, R)]
+    assert stop_reason(plan_slots(mixed, 9), max_consecutive_invalid=2) is None
+    assert stop_reason(plan_slots(mixed + [_trial(6, C, value=0.1, invalid=True)], 9),
+                       max_consecutive_invalid=2) is not None
+    errors = [_trial(k, F, error=True) for k in range(3)]
+    why = stop_reason(plan_slots(errors, 3), max_retries=3)
+    assert "3 configurations in a row failed with an error" in why and "max_retries" in why
 
 
 def test_concurrent_duplicate_ignores_points_the_sampler_knew():
@@ -416,7 +456,9 @@ def test_slurm_profile_dry_run_fans_studies_out_to_workers(tmp_path):
     assert jobs == {"study_worker": "6", "study": "2"}  # 2 studies x 3 workers, one gather each
     assert "slurm_partition=<your-partition>" in out  # the profile's default resources were applied
     worker_cmds = [ln for ln in out.splitlines() if "--worker-only" in ln]
-    assert worker_cmds and all("--storage 'postgresql://" in ln and "--threads 2" in ln for ln in worker_cmds)
+    assert worker_cmds and all("--storage postgresql://bioplaus@db.example.org:5432/bioplaus" in ln
+                               and "--threads 2" in ln for ln in worker_cmds)
+    assert "secret" not in out  # the password travels by environment, never on a command line
 
 
 # --------------------------------------------------------------------------- a failing evaluation
@@ -426,13 +468,10 @@ def _build_sometimes_failing(params, *, input_shape, n_classes, epochs, random_s
     return NearestMeanClassifier(mode=params["mode"], shrink=params["shrink"], sleep=0.0)
 
 
-def test_evaluation_error_is_replaced_and_the_study_still_ends_exact(tmp_path, prepared_digits):
-    """A trial whose evaluation raises retires its slot; a new ask replaces it (no endless loop)."""
+def _register_fake_error():
     from optuna.distributions import CategoricalDistribution
 
-    from bioplaus.data import load_prepared
     from bioplaus.models.registry import ModelSpec, register
-    from bioplaus.study import StudySettings, run_worker, trials_frame
 
     register(ModelSpec(
         name="fake-error", label="Fake, sometimes raising", build=_build_sometimes_failing,
@@ -440,9 +479,17 @@ def test_evaluation_error_is_replaced_and_the_study_still_ends_exact(tmp_path, p
                                            "shrink": FloatDistribution(0.5, 1.5)},
         default_params={"mode": "ok", "shrink": 1.0},
     ))
+
+
+def test_evaluation_error_is_replaced_and_the_study_still_ends_exact(tmp_path, prepared_digits):
+    """A trial whose evaluation raises retires its slot; a new ask replaces it (no endless loop)."""
+    from bioplaus.data import load_prepared
+    from bioplaus.study import StudySettings, run_worker, trials_frame
+
+    _register_fake_error()
     data = load_prepared(prepared_digits)
     settings = StudySettings(dataset="digits", model="fake-error", sampler="random", n_trials=5,
-                             n_folds=2, epochs=1, seed=11)
+                             n_folds=2, epochs=1, seed=11, max_retries=10)
     study = run_worker(settings, open_storage(tmp_path / "s.journal"), data.X, data.y, data.input_shape,
                        heartbeat_seconds=0.5, stale_after=5)
     trials = study.get_trials()
@@ -452,3 +499,78 @@ def test_evaluation_error_is_replaced_and_the_study_still_ends_exact(tmp_path, p
     assert len(complete) == 5 and all(t.params["mode"] == "ok" for t in complete)
     df = trials_frame(study, settings)
     assert len(df) == len(trials) and (df["state"] == "COMPLETE").sum() == 5
+
+
+def test_errors_in_a_row_stop_the_study_with_one_line(tmp_path, prepared_digits):
+    from bioplaus.data import load_prepared
+    from bioplaus.errors import StudyError
+    from bioplaus.study import StudySettings, run_worker
+
+    _register_fake_error()
+    data = load_prepared(prepared_digits)
+    settings = StudySettings(dataset="digits", model="fake-error", sampler="random", n_trials=50,
+                             n_folds=2, epochs=1, seed=11, max_retries=2)
+    with pytest.raises(StudyError, match="2 configurations in a row failed with an error.*max_retries"):
+        run_worker(settings, open_storage(tmp_path / "s.journal"), data.X, data.y, data.input_shape)
+
+
+def _build_raising_config_error(params, **kw):
+    raise ConfigError("model_options.broken.width: 'two' is not of type 'integer'")
+
+
+def test_a_model_that_cannot_be_built_stops_the_study_at_the_first_trial(tmp_path, prepared_digits):
+    from optuna.distributions import CategoricalDistribution
+
+    from bioplaus.data import load_prepared
+    from bioplaus.models.registry import ModelSpec, register
+    from bioplaus.study import StudySettings, run_worker
+
+    register(ModelSpec(name="broken", label="Broken", build=_build_raising_config_error,
+                       search_space=lambda options=None: {"mode": CategoricalDistribution(["ok"])},
+                       default_params={"mode": "ok"}))
+    data = load_prepared(prepared_digits)
+    settings = StudySettings(dataset="digits", model="broken", sampler="random", n_trials=5, n_folds=2,
+                             epochs=1, seed=1)
+    path = tmp_path / "s.journal"
+    with pytest.raises(ConfigError, match=r"stopped: model 'broken' cannot be built: model_options.broken.width"):
+        run_worker(settings, open_storage(path), data.X, data.y, data.input_shape)
+    study = optuna.load_study(study_name=settings.study_name, storage=open_storage(path))
+    assert len(study.trials) == 1 and study.trials[0].user_attrs["fatal"]
+
+
+def _cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "bioplaus", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n-trials", "0"], "n_trials=0: must be an integer of at least 1 (config key `n_trials`, option --n-trials)"),
+    (["--n-trials", "-1"], "n_trials=-1: must be an integer of at least 1"),
+    (["--n-trials", "3", "--epochs", "0"], "epochs=0: must be an integer of at least 1 (config key `epochs`"),
+    (["--n-trials", "3", "--folds", "400"], "n_folds=400 is more than the"),
+    (["--n-trials", "3", "--model", "segdend", "--options", '{"units_per_class": "two"}'],
+     "model_options.segdend.units_per_class: 'two'"),
+    (["--n-trials", "3", "--model", "cnn", "--options", '{"foo": 1}'], "model_options.cnn: unknown option 'foo'"),
+])
+def test_cli_settings_that_cannot_run_exit_2_before_any_trial(tmp_path, prepared_digits, extra, message):
+    args = ["study", "--data", str(prepared_digits), "--model", "mlp", "--sampler", "random",
+            "--out", str(tmp_path / "out"), "--threads", "1"]
+    # argparse keeps the last --model: the parametrised one wins
+    proc = _cli(*args, *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("bioplaus: error:") and message in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr and "trial 0" not in proc.stderr
+    assert not (tmp_path / "out" / "trials.csv").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg2") is None, reason="psycopg2 is not installed")
+def test_an_unreachable_postgresql_is_one_line_with_the_password_redacted(tmp_path, prepared_digits):
+    proc = _cli("study", "--data", str(prepared_digits), "--model", "mlp", "--sampler", "random",
+                "--out", str(tmp_path / "out"), "--n-trials", "2",
+                "--storage", "postgresql://u:s3cr3t@127.0.0.1:1/db")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "cannot reach the study storage postgresql://u:***@127.0.0.1:1/db" in lines[0]
+    assert "s3cr3t" not in proc.stderr and "Traceback" not in proc.stderr

@@ -7,18 +7,68 @@ model names and each model's ``model_options`` from the model registry
 (after importing the config's ``plugins``), sampler names from the sampler
 registry. Every problem is reported at once, one line each, naming the key
 and what is wrong (with a suggestion for a misspelt key); defaults from the
-schema are filled in.
+schema are filled in. Config files are read by :func:`load_config_file`
+(YAML 1.2 floats such as ``1e300``; a syntax error names the file and line).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, MutableMapping
 
 import yaml
 
 from bioplaus.errors import ConfigError
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: ``1e300`` and ``1E-3``
+    (no dot) are numbers, not strings."""
+
+
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+_ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+0123456789.":
+    _ConfigLoader.yaml_implicit_resolvers[_first] = [
+        (tag, rx) for tag, rx in _ConfigLoader.yaml_implicit_resolvers.get(_first, [])
+        if tag != "tag:yaml.org,2002:float"]
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML (or JSON) file; a syntax error is a :class:`ConfigError` naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"config file {where}: YAML syntax error: {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: YAML syntax error: {exc}") from None
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A config file as a dict (see :func:`load_yaml`); its top level must be a mapping."""
+    data = load_yaml(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
 
 
 def load_schema(path: str | Path) -> dict:

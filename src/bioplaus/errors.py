@@ -20,3 +20,8 @@ class InvalidConfigurationError(BioplausError, ValueError):
     Estimators raise it at ``fit``/``partial_fit`` time; the evaluation records
     the trial as *invalid* and the optimiser receives a penalty value.
     """
+
+
+class StudyError(BioplausError):
+    """A study cannot go on: its space yields no valid point, its model keeps failing,
+    or its storage cannot be reached or read."""

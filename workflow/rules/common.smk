@@ -108,6 +108,8 @@ def optimiser_args(wildcards):
         "--n-trials", config["n_trials"],
         "--n-initial-points", config["n_initial_points"],
         "--kappa", config["kappa"],
+        "--max-retries", config["max_retries"],
+        "--max-consecutive-invalid", config["max_consecutive_invalid"],
     ]
     if STORAGE:
         args += ["--storage", STORAGE]

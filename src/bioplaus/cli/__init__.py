@@ -7,6 +7,7 @@ Snakemake rules call these subcommands; they can also be run by hand::
     bioplaus prepare digits --out results/data/digits
     bioplaus study --data results/data/digits --model mlp --sampler gp --out results/digits/mlp/gp --n-trials 20
     bioplaus export --data ... (write trials.csv/best.json from a study's storage, e.g. while it runs)
+    bioplaus repair-journal results/digits/mlp/gp/study.journal [--truncate]
     bioplaus repeats ... | alignment ... | transfer ... | summarize ... | figures ... | importance ...
     bioplaus sensitivity ... | compare ... | alignment-figure ... | tunability ... | trials-needed ...
     bioplaus aggregates ... | transfer-table ...
@@ -28,7 +29,16 @@ import os
 import sys
 
 from bioplaus.cli.data import cmd_datasets, cmd_download, cmd_models, cmd_prepare
-from bioplaus.cli.study import STALE_AFTER_ENV, HEARTBEAT_ENV, cmd_alignment, cmd_export, cmd_repeats, cmd_study, cmd_transfer
+from bioplaus.cli.study import (
+    HEARTBEAT_ENV,
+    STALE_AFTER_ENV,
+    cmd_alignment,
+    cmd_export,
+    cmd_repair_journal,
+    cmd_repeats,
+    cmd_study,
+    cmd_transfer,
+)
 from bioplaus.errors import BioplausError
 
 
@@ -45,6 +55,7 @@ class _Subcommands:
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from bioplaus.study.samplers import SAMPLERS
+    from bioplaus.study.slots import MAX_CONSECUTIVE_INVALID, MAX_RETRIES
 
     p = argparse.ArgumentParser(prog="bioplaus", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -95,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--n-initial-points", type=int, default=5)
         s.add_argument("--kappa", type=float, default=2.5)
         s.add_argument("--storage", default=None, help="optuna storage URL (default: <out>/study.journal)")
+        s.add_argument("--max-retries", type=int, default=MAX_RETRIES,
+                       help="a configuration whose worker died this many times is retired; the study stops "
+                            f"after this many evaluation errors in a row (config key max_retries; default {MAX_RETRIES})")
+        s.add_argument("--max-consecutive-invalid", type=int, default=MAX_CONSECUTIVE_INVALID,
+                       help="the study stops when this many configurations in a row are invalid or failed "
+                            f"(config key max_consecutive_invalid; default {MAX_CONSECUTIVE_INVALID})")
         if cmd == "study":
             s.add_argument("--fresh", action="store_true", help="discard the stored study and start again")
             s.add_argument("--worker-only", action="store_true", help="run trials, write no outputs")
@@ -106,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 f"(default: ${STALE_AFTER_ENV}, else the library's default; at least twice "
                                 "--heartbeat-seconds)")
         s.set_defaults(func=func)
+
+    s = sub.add_parser("repair-journal", help="repair a study journal whose tail was torn (or, with "
+                                              "--truncate, drop everything from its first damaged line)")
+    s.add_argument("journal")
+    s.add_argument("--truncate", action="store_true",
+                   help="keep the records before the first damaged line; the rest goes to a backup file")
+    s.set_defaults(func=cmd_repair_journal)
 
     s = sub.add_parser("repeats", help="noise floor: re-evaluate default and best configurations")
     study_args(s, with_sampler=False)

@@ -66,15 +66,21 @@ def _liveness(args) -> dict:
 def _settings(args):
     from bioplaus.data import load_prepared
     from bioplaus.study import StudySettings
+    from bioplaus.study.settings import data_fingerprint
 
+    StudySettings(dataset="-", model=args.model, sampler=args.sampler, n_trials=args.n_trials,
+                  n_folds=args.folds, epochs=args.epochs, seed=args.seed, time_limit=args.time_limit,
+                  n_initial_points=args.n_initial_points, kappa=args.kappa, max_retries=args.max_retries,
+                  max_consecutive_invalid=args.max_consecutive_invalid)  # bad values stop before the data loads
     data = load_prepared(args.data)
     meta = json.loads((Path(args.data) / "meta.json").read_text())
-    fp = f"{meta.get('name')}:n={meta.get('n')}:max_samples={meta.get('max_samples')}:seed={meta.get('seed')}"
+    fp = data_fingerprint(meta)
     settings = StudySettings(
         dataset=args.dataset or data.name, model=args.model, sampler=args.sampler,
         n_trials=args.n_trials, n_folds=args.folds, epochs=args.epochs, seed=args.seed,
         time_limit=args.time_limit, options=_json_arg(args.options),
         n_initial_points=args.n_initial_points, kappa=args.kappa, data_fingerprint=fp,
+        max_retries=args.max_retries, max_consecutive_invalid=args.max_consecutive_invalid,
     )
     return settings, data
 
@@ -95,18 +101,17 @@ def cmd_study(args) -> None:
 
     settings, data = _settings(args)
     storage_url = _storage_for(args)
-    if args.fresh:
-        if "://" in storage_url:
-            import optuna
-
-            try:
-                optuna.delete_study(study_name=settings.study_name, storage=storage_url)
-            except KeyError:
-                pass
-        else:
-            Path(storage_url).unlink(missing_ok=True)
+    if args.fresh and "://" not in storage_url:
+        Path(storage_url).unlink(missing_ok=True)
     liveness = _liveness(args)
-    storage = open_storage(storage_url, **liveness)
+    storage = open_storage(storage_url, **liveness)  # an unreachable server: one line, password redacted
+    if args.fresh and "://" in storage_url:
+        import optuna
+
+        try:
+            optuna.delete_study(study_name=settings.study_name, storage=storage)
+        except KeyError:
+            pass
     study = run_worker(settings, storage, data.X, data.y, data.input_shape, n_jobs=_threads(args.threads),
                        **liveness)
     if not args.worker_only:
@@ -189,3 +194,14 @@ def cmd_alignment(args) -> None:
         out_csv=args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(f"wrote {args.out}", file=sys.stderr)
+
+
+def cmd_repair_journal(args) -> None:
+    from bioplaus.study.storage import repair_journal
+
+    path = Path(args.journal)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study journal at {path}")
+    dropped = repair_journal(path, truncate=args.truncate)
+    print(f"{path}: " + (f"dropped {dropped} bytes (kept beside it)" if dropped else "intact, nothing to do"),
+          file=sys.stderr)

@@ -27,7 +27,17 @@ Outcomes that are results, not crashes:
   partial accuracy and ``epochs_completed`` but leaves it out of every
   statistic (``time_limit`` is a guard against runaway configurations, not a
   budget).
-* *error*: anything else raised inside a fold; recorded with its message.
+* *error*: anything else raised while fitting a fold; recorded with its message.
+* *fatal*: an error that will recur whatever the configuration: the model
+  cannot be built (its ``build`` raised anything but
+  :class:`~bioplaus.errors.InvalidConfigurationError`), or a
+  :class:`~bioplaus.errors.BioplausError` (a bad option, missing data) was
+  raised anywhere. Recorded like an error; the study stops at once
+  (:func:`bioplaus.study.worker.run_worker`).
+
+Settings that cannot work for the data (``n_folds`` above the smallest class
+count) raise :class:`~bioplaus.errors.ConfigError` before any fold runs
+(:func:`check_folds`).
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from joblib import Parallel, delayed
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from bioplaus.errors import InvalidConfigurationError
+from bioplaus.errors import BioplausError, ConfigError, InvalidConfigurationError
 from bioplaus.models.registry import get_model
 from bioplaus.study.seeds import INIT, SPLIT, derive_seed
 
@@ -79,6 +89,7 @@ class FoldResult:
     censored: bool = False
     invalid: bool = False
     error: bool = False
+    fatal: bool = False
     message: str = ""
 
     @property
@@ -106,6 +117,11 @@ class EvaluationResult:
     @property
     def error(self) -> bool:
         return any(f.error for f in self.folds) and not self.invalid
+
+    @property
+    def fatal(self) -> bool:
+        """An error that will recur for any configuration (see the module docstring)."""
+        return any(f.fatal for f in self.folds)
 
     @property
     def diverged(self) -> bool:
@@ -182,6 +198,7 @@ class EvaluationResult:
             "censored": self.censored,
             "invalid": self.invalid,
             "error": self.error,
+            "fatal": self.fatal,
             "message": self.message,
             "n_classes": self.n_classes,
             "chance": self.chance,
@@ -279,6 +296,14 @@ def run_fold(
                 random_state=int(seed),
                 options=dict(options or {}),
             )
+        except InvalidConfigurationError as exc:
+            res.invalid, res.message = True, f"invalid configuration: {exc}"
+            return res
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be built stops the study
+            res.error = res.fatal = True
+            res.message = f"model {model!r} cannot be built: {_describe_exception(exc)}"
+            return res
+        try:
             if spec.warm_up is not None:  # one-off costs (kernel compilation) are not training time
                 spec.warm_up(est, X[train_idx[:2]], y[train_idx[:2]], classes)
             rng = np.random.default_rng(seed)
@@ -343,6 +368,9 @@ def run_fold(
                     res.epoch_accuracies += [res.accuracy] * (n_epochs - len(res.epoch_accuracies))
         except InvalidConfigurationError as exc:
             res.invalid, res.message = True, f"invalid configuration: {exc}"
+        except BioplausError as exc:  # a bad option, missing data: the same for every configuration
+            res.error = res.fatal = True
+            res.message = f"{type(exc).__name__}: {exc}"
         except MemoryError:
             res.error, res.message = True, "out of memory while fitting this configuration"
         except Exception as exc:  # a model's failure is recorded, the study goes on
@@ -353,10 +381,31 @@ def run_fold(
                 res.epoch_accuracies += [res.accuracy] * (int(epochs) - len(res.epoch_accuracies))
             else:
                 res.error = True
-                tb = traceback.extract_tb(exc.__traceback__)
-                where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-                res.message = f"error: {type(exc).__name__}: {exc}{where}"
+                res.message = f"error: {_describe_exception(exc)}"
     return res
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """``Type: message at file:line`` (the innermost frame) of an exception."""
+    if isinstance(exc, BioplausError):
+        return str(exc)
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def check_folds(y: np.ndarray, n_folds: int, dataset: str = "the dataset") -> None:
+    """Raise :class:`~bioplaus.errors.ConfigError` unless every class of ``y`` has at
+    least ``n_folds`` samples (stratified k-fold needs one per fold)."""
+    classes, counts = np.unique(np.asarray(y), return_counts=True)
+    if len(classes) < 2:
+        raise ConfigError(f"{dataset} has {len(classes)} class(es); a classification study needs at least 2")
+    k = int(np.argmin(counts))
+    if int(n_folds) > int(counts[k]):
+        raise ConfigError(
+            f"n_folds={n_folds} is more than the {int(counts[k])} samples of class {classes[k]!r} in {dataset} "
+            "(each fold needs one of every class): lower n_folds (config key `n_folds`, option --folds) or "
+            "use more samples (datasets.<name>.max_samples)")
 
 
 def evaluate(
@@ -391,6 +440,7 @@ def evaluate(
         inside each are limited so that the total stays within ``n_jobs``.
     """
     classes = np.unique(y)
+    check_folds(y, n_folds)
     splits = fold_splits(y, n_folds, split_seed)
     n_par = max(1, min(int(n_jobs), n_folds))
     blas = max(1, int(n_jobs) // n_par)
@@ -436,6 +486,7 @@ __all__ = [
     "EvaluationResult",
     "FoldResult",
     "evaluate",
+    "check_folds",
     "fold_splits",
     "run_fold",
     "split_seed_for",

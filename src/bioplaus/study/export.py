@@ -1,9 +1,13 @@
 """A study's tables: ``trials.csv`` and ``best.json``, written atomically.
 
-``trials.csv`` lists the evaluated trials: COMPLETE ones, FAIL ones (an
+``trials.csv`` lists the evaluated trials: COMPLETE ones (valid, or
+``invalid``: evaluated at once, not counted in ``n_trials``), FAIL ones (an
 evaluation error, or a worker that died, with a message). Skipped trials
 (never evaluated) stay in the storage only, so the tables of a study do not
-depend on how many workers ran it. ``best.json`` holds the best valid
+depend on how many workers ran it. ``draw`` is a trial's draw index (its seeds
+derive from it, see :mod:`bioplaus.study.slots`): sorted by ``draw``, the
+valid rows of a killed-and-resumed ``random`` study equal an uninterrupted
+one's. ``best.json`` holds the best valid
 COMPLETE trial that was not censored.
 """
 
@@ -35,7 +39,7 @@ def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
     space = get_model(settings.model).search_space(settings.options)
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if trial_kind(t) in ("skipped", "waiting"):  # never evaluated (see bioplaus.study.slots)
+        if trial_kind(t) in ("skipped", "duplicate", "waiting"):  # never evaluated (see bioplaus.study.slots)
             continue
         ua = t.user_attrs
         accs = ua.get("fold_accuracies") or [None] * settings.n_folds
@@ -67,6 +71,7 @@ def trials_frame(study: optuna.Study, settings: StudySettings) -> pd.DataFrame:
         row["message"] = message
         row["seed"] = ua.get("seed", -1)
         row["origin"] = ua.get("origin", t.number)
+        row["draw"] = ua.get("draw", -1)
         row["n_classes"] = ua.get("n_classes", math.nan)
         row["chance"] = ua.get("chance", math.nan)
         for p in space:

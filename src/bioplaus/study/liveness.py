@@ -118,10 +118,16 @@ def _stale_reason(t: FrozenTrial, now: float, stale_after: float) -> str | None:
     return None
 
 
-def recover_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_SECONDS) -> list[int]:
+def recover_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_SECONDS,
+                         running: set[int] | None = None) -> list[int]:
     """Mark trials left RUNNING by dead workers as FAIL; return their numbers.
 
     ``stale_after`` (seconds): a heartbeat older than this means a dead worker.
+    ``running``: the trial numbers this process is evaluating now; a RUNNING
+    trial of this process (``worker`` = this ``host:pid``) that is not among
+    them was left by it (a storage error, an earlier run in the same process)
+    and is failed at once. None (default): every trial of this process is
+    taken as running.
     Their configurations are re-queued by
     :func:`~bioplaus.study.slots.requeue_orphans` (which
     :func:`~bioplaus.study.worker.run_worker` calls right after). With an RDB
@@ -138,10 +144,14 @@ def recover_stale_trials(study: optuna.Study, stale_after: float = STALE_AFTER_S
     attr_stale_after = stale_after
     if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
         attr_stale_after = stale_after + 2 * storage.get_heartbeat_interval()
+    me = worker_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("worker") == worker_id():
-            continue
-        reason = _stale_reason(t, now, attr_stale_after)
+        if t.user_attrs.get("worker") == me:
+            if running is None or t.number in running:
+                continue
+            reason = "this worker left it without a result"
+        else:
+            reason = _stale_reason(t, now, attr_stale_after)
         if reason is None:
             continue
         try:

@@ -1,11 +1,18 @@
 """Samplers of the study: ``gp`` (scikit-optimize GP-BO), ``tpe`` and ``random`` (optuna).
 
 Every sampler is rebuilt for each trial with a seed derived from the study
-seed and the trial number (:class:`PerTrialSeededSampler`), so a trial's
-suggestion depends only on the study's history and its number: not on the
-process that asks, the number of workers, or where a killed run resumed.
-For ``random`` this makes a trial's configuration a pure function of
-(seed, trial number).
+seed and the trial's *draw index* (:class:`PerTrialSeededSampler`; the draw
+index counts the fresh trials before it, see
+:func:`bioplaus.study.slots.draw_index`; a re-queued copy takes its origin's),
+so a trial's suggestion depends only on the study's history and its draw:
+not on the process that asks, the number of workers, or where a killed run
+resumed. For ``random`` this makes a draw's configuration a pure function of
+(seed, draw index). ``tpe`` and ``gp`` also depend on the history they see:
+one worker, killed and resumed, sees the same history (a killed trial is
+re-run with its own parameters, or re-drawn with its own seed before any
+other trial finishes) and so makes the same suggestions; several workers see
+each other's pending trials at moments that depend on timing, so their
+suggestions (not the seeds) vary from run to run.
 
 ``gp`` reproduces the 2019 study's optimiser: a Gaussian process with a
 Matern 5/2 kernel (scikit-optimize's default GP kernel) and a confidence-bound
@@ -155,7 +162,7 @@ class SkoptGPSampler(BaseSampler):
 
 
 class PerTrialSeededSampler(BaseSampler):
-    """Wraps a sampler factory; trial ``number`` gets ``factory(derive_seed(seed, SAMPLER, stream, number))``.
+    """Wraps a sampler factory; a trial of draw index ``d`` gets ``factory(derive_seed(seed, SAMPLER, stream, d))``.
 
     ``stream`` separates samplers of the same study seed (``gp``, ``tpe`` and
     ``random`` draw different initial points): :data:`SAMPLER_STREAMS`."""
@@ -165,31 +172,47 @@ class PerTrialSeededSampler(BaseSampler):
         self._seed = int(seed)
         self._stream = int(stream)
         self._cache: dict[int, BaseSampler] = {}
+        self._study = None
 
     def _sampler(self, trial: FrozenTrial) -> BaseSampler:
         s = self._cache.get(trial.number)
         if s is None:
             if len(self._cache) > 64:
                 self._cache.clear()
-            s = self._cache[trial.number] = self._factory(derive_seed(self._seed, SAMPLER, self._stream, trial.number))
+            s = self._cache[trial.number] = self._factory(
+                derive_seed(self._seed, SAMPLER, self._stream, self._draw(trial)))
         return s
+
+    def _draw(self, trial: FrozenTrial) -> int:
+        from bioplaus.study.slots import draw_index
+
+        study = self._study
+        origin = int(trial.user_attrs.get("origin", trial.number))
+        if study is None:  # used outside a study's ask: the trial number is the draw
+            return origin
+        return draw_index(study.get_trials(deepcopy=False), origin)
 
     def reseed_rng(self) -> None:  # seeds are derived, nothing to reseed
         pass
 
     def infer_relative_search_space(self, study, trial):
+        self._study = study
         return self._sampler(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
+        self._study = study
         return self._sampler(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
+        self._study = study
         return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study, trial):
+        self._study = study
         self._sampler(trial).before_trial(study, trial)
 
     def after_trial(self, study, trial, state, values):
+        self._study = study
         self._sampler(trial).after_trial(study, trial, state, values)
         self._cache.pop(trial.number, None)
 
