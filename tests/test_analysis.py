@@ -227,8 +227,8 @@ def test_censored_trials_enter_no_statistic():
     pd.testing.assert_frame_equal(learns_curve(planted, grid), learns_curve(clean, grid))
     pd.testing.assert_frame_equal(learning_table(planted), learning_table(clean))
     pd.testing.assert_frame_equal(compare(planted, n_boot=200), compare(clean, n_boot=200))
-    pd.testing.assert_frame_equal(importance(planted, {"segdend": space, "mlp": space}),
-                                  importance(clean, {"segdend": space, "mlp": space}))
+    pd.testing.assert_frame_equal(importance(planted, {"segdend": space, "mlp": space}, inactive=None),
+                                  importance(clean, {"segdend": space, "mlp": space}, inactive=None))
     repeats = planted.assign(source="default", repeat=np.arange(len(planted)))
     pd.testing.assert_frame_equal(noise_table(repeats),
                                   noise_table(clean.assign(source="default", repeat=np.arange(len(clean)))))
