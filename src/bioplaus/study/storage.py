@@ -70,7 +70,7 @@ def open_storage(
     when a database cannot be reached."""
     storage = str(storage)
     if "://" in storage:
-        from bioplaus.config import redact_storage
+        from bioplaus.study.urls import redact_storage
 
         hb, stale = check_liveness(heartbeat_seconds, stale_after)
         engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}

@@ -242,7 +242,7 @@ def run_worker(
 
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message (drivers add pages of context)."""
-    from bioplaus.config import redact_storage
+    from bioplaus.study.urls import redact_storage
 
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return redact_storage(text) if "://" in text else text
