@@ -91,7 +91,10 @@ def test_killed_run_resumes_and_ends_with_exact_trial_count(tmp_path, prepared_d
     while time.time() < deadline:
         time.sleep(0.3)
         if journal.exists():
-            study = optuna.load_study(study_name="digits/mlp/random", storage=open_storage(journal))
+            try:
+                study = optuna.load_study(study_name="digits/mlp/random", storage=open_storage(journal))
+            except KeyError:  # the journal is there, the study not yet
+                continue
             complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
             running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
             if len(complete) >= 2 and running and "worker" in running[0].user_attrs:
