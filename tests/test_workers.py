@@ -300,8 +300,10 @@ def _assert_exact(s: StudyUnderTest, trials: list[FrozenTrial]) -> list[FrozenTr
         assert by_number[o].user_attrs.get("origin", o) == o and by_number[o].params, _table(trials)
     died = [t for t in trials if t.state == TrialState.FAIL and "skipped" not in t.user_attrs]
     assert all(t.number in origins for t in died), _table(trials)  # no dead worker's trial lost
-    for t in complete:
-        assert t.user_attrs["seed"] == derive_seed(SEED, INIT, t.user_attrs["origin"])
+    draws = [t.user_attrs["draw"] for t in complete]
+    assert len(set(draws)) == len(draws), _table(trials)  # each draw evaluated once
+    for t in complete:  # seeds derive from the draw index (a re-queued copy keeps its draw)
+        assert t.user_attrs["seed"] == derive_seed(SEED, INIT, t.user_attrs["draw"])
         assert t.user_attrs["accuracy"] is not None
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     if s.kind == "postgres":  # count in the database itself, not through optuna

@@ -10,6 +10,7 @@ import base64
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,10 @@ def test_a_live_snakemake_in_the_same_folder_keeps_its_lock(tmp_path):
     # a process whose command line is snakemake's, working in this folder
     fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "snakemake"],
                             cwd=tmp_path)
+    cmdline = Path(f"/proc/{fake.pid}/cmdline")
+    deadline = time.monotonic() + 20
+    while b"snakemake" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the child has exec'd (before, /proc shows the parent's command line)
     try:
         import bioplaus.workflow_support as ws
 
