@@ -26,10 +26,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.architecture import MAX_LAYERS
+from bioplaus.models._threads import one_blas_thread
 
 __all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS"]
 
@@ -220,7 +220,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         angle_n = np.zeros(len(self._sizes) - 2)
         batches = 0
         # small batches are matrix-vector work: extra BLAS threads only cost (as in segdend)
-        limits = threadpool_limits(1, user_api="blas") if B < 64 else contextlib.nullcontext()
+        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
         with limits, np.errstate(all="ignore"):  # divergence is detected, not warned about
             for start in range(0, X.shape[0], B):
                 xb = X[start:start + B]

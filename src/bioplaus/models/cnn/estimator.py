@@ -34,11 +34,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import ConfigError, InvalidConfigurationError
 from bioplaus.models.cnn._layers import softmax, softmax_cross_entropy
 from bioplaus.models.cnn._network import Adam, ConvNet, feature_map_shapes
+from bioplaus.models._threads import one_blas_thread
 
 MAX_BLOCKS = 5
 
@@ -132,7 +132,7 @@ def _workers(n_jobs):
         bounds = np.linspace(0, x.shape[0], parts + 1).astype(int)
         return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if n_threads <= 1:
             yield map, split
         else:

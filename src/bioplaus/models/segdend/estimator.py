@@ -40,12 +40,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
-from threadpoolctl import threadpool_limits
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.segdend import simulator as core
 from bioplaus.models.segdend.config import make_config
 from bioplaus.models.segdend.state import State, Weights, slice_state, write_back
+from bioplaus.models._threads import one_blas_thread
 
 __all__ = ["SegregatedDendriteClassifier"]
 
@@ -166,7 +166,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         k = cfg.units_per_class
         n_out = cfg.sizes[-1]
         # a batch of few examples is matrix-vector work: extra BLAS threads only cost
-        limits = threadpool_limits(1, user_api="blas") if B < 64 else contextlib.nullcontext()
+        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
         with limits:
             self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype)
         if not self.diverged_ and not self._weights.all_finite():
