@@ -481,7 +481,7 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
             rows = table[(table["dataset"] == dataset) & (table["model"] == model)].sort_values("epoch")
             if rows.empty:
                 continue
-            color = model_color(model)
+            color = model_color(model, models)
             epochs = rows["epoch"].to_numpy()
             ax.fill_between(epochs, rows["frac_learns_lo"], rows["frac_learns_hi"], color=color,
                             alpha=0.15, linewidth=0)
