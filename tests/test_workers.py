@@ -99,6 +99,23 @@ def test_errors_and_invalid_points_retire_their_slot_a_surplus_skip_does_not():
     assert plan_slots(trials, 4).slots == [1, 2, 3]  # invalid, error and duplicate draws fill no slot
 
 
+def test_a_censored_trial_retires_its_slot_so_the_study_ends_with_n_fully_trained_trials():
+    # trial 1 was cut by the time limit: kept (its partial accuracy told to the optimiser) but
+    # it fills no slot, so the next draw (3) takes it; timed_out is the older storages' name
+    trials = [_trial(0, C, value=0.5), _trial(1, C, value=0.3, censored=True), _trial(2, C, value=0.6),
+              _trial(3, R), _trial(4, C, value=0.2, timed_out=True)]
+    plan = plan_slots(trials, 3)
+    assert plan.outcomes[1] == "censored" and plan.outcomes[4] == "censored"
+    assert plan.slots == [0, 2, 3] and plan.complete == 2 and plan.done == {0, 2}
+    assert skip_reason(3, 3, trials, 3) is None
+    # a space where every draw is cut short stops with a message that names the time limit
+    from bioplaus.study.slots import stop_reason
+
+    cut = [_trial(k, C, value=0.1, censored=True) for k in range(4)]
+    why = stop_reason(plan_slots(cut, 3), max_consecutive_invalid=4)
+    assert "censored" in why and "time_limit" in why
+
+
 def test_draw_index_counts_fresh_trials_only():
     from bioplaus.study.slots import draw_index
 

@@ -11,7 +11,10 @@ first ``n_trials`` draws, in order, that are not *retired*:
 
 * a draw is retired when it ended ``invalid`` (the configuration cannot be
   run: stored, told to the optimiser with its penalty, shown in
-  ``trials.csv``, but it does not count), with an evaluation ``error``, when
+  ``trials.csv``, but it does not count), ``censored`` (the time limit cut
+  its training short: its partial accuracy is kept and told to the
+  optimiser, but it measures the budget, so another draw takes its slot),
+  with an evaluation ``error``, when
   its worker died on it ``max_retries`` times, or when it was skipped as a
   concurrent duplicate (``gp``/``tpe``);
 * a draw that is a slot but has no result, no running and no queued copy
@@ -68,11 +71,15 @@ def draw_index(trials: Iterable[FrozenTrial], origin: int) -> int:
 
 
 def trial_kind(t: FrozenTrial) -> str:
-    """``complete`` (valid), ``invalid``, ``running``, ``waiting``, ``skipped`` (never
+    """``complete`` (valid), ``invalid``, ``censored`` (cut short by the time limit), ``running``, ``waiting``, ``skipped`` (never
     evaluated), ``duplicate`` (skipped: a concurrent duplicate), ``error`` (evaluation
     failed) or ``died`` (its worker stopped before telling)."""
     if t.state == TrialState.COMPLETE:
-        return "invalid" if t.user_attrs.get("invalid") else "complete"
+        if t.user_attrs.get("invalid"):
+            return "invalid"
+        if t.user_attrs.get("censored", t.user_attrs.get("timed_out")):  # timed_out: older storages
+            return "censored"
+        return "complete"
     if t.state == TrialState.RUNNING:
         return "running"
     if t.state == TrialState.WAITING:
@@ -86,12 +93,14 @@ def trial_kind(t: FrozenTrial) -> str:
 
 def draw_outcome(kinds: list[str], max_retries: int = MAX_RETRIES) -> str:
     """What became of a draw from the kinds of its trials (fresh one and copies):
-    ``valid``, ``invalid``, ``error``, ``gave_up`` (its worker died ``max_retries``
+    ``valid``, ``invalid``, ``censored``, ``error``, ``gave_up`` (its worker died ``max_retries``
     times), ``duplicate``, ``pending`` (running or queued) or ``unevaluated``."""
     if "complete" in kinds:
         return "valid"
     if "invalid" in kinds:
         return "invalid"
+    if "censored" in kinds:
+        return "censored"
     if "error" in kinds:
         return "error"
     if "duplicate" in kinds:
@@ -104,9 +113,9 @@ def draw_outcome(kinds: list[str], max_retries: int = MAX_RETRIES) -> str:
 
 
 #: outcomes that retire a draw (it fills no slot)
-RETIRED = ("invalid", "error", "gave_up", "duplicate")
+RETIRED = ("invalid", "censored", "error", "gave_up", "duplicate")
 #: retired outcomes that count as failures in a row (a duplicate is no failure)
-FAILURES = ("invalid", "error", "gave_up")
+FAILURES = ("invalid", "censored", "error", "gave_up")
 
 
 @dataclass
@@ -176,8 +185,8 @@ def stop_reason(plan: SlotPlan, *, max_consecutive_invalid: int = MAX_CONSECUTIV
 
     It stops when ``max_retries`` draws in a row ended with an evaluation error
     (or a worker that kept dying on them), and when ``max_consecutive_invalid``
-    draws in a row were invalid or failed: a space or a model that yields no
-    valid point must not run for ever."""
+    draws in a row were invalid, censored or failed: a space or a model that
+    yields no valid point (or none within the time limit) must not run for ever."""
     errors, last = failure_run(plan.outcomes, ("error", "gave_up"))
     if errors >= max_retries:
         return (f"{errors} configurations in a row failed with an error (the last: trial {last}); "
@@ -185,9 +194,9 @@ def stop_reason(plan: SlotPlan, *, max_consecutive_invalid: int = MAX_CONSECUTIV
                 "(bound: max_retries)")
     bad, last = failure_run(plan.outcomes)
     if bad >= max_consecutive_invalid:
-        return (f"{bad} configurations in a row were invalid or failed (the last: trial {last}) and "
+        return (f"{bad} configurations in a row were invalid, censored or failed (the last: trial {last}) and "
                 f"{plan.complete} valid; the search space yields (almost) no valid point: narrow it "
-                "(model_options) or raise max_consecutive_invalid")
+                "(model_options), raise time_limit if they were censored, or raise max_consecutive_invalid")
     return None
 
 
