@@ -19,6 +19,7 @@ from bioplaus.analysis import (
     load_trials,
     noise_table,
     summarize,
+    wilson_interval,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -118,6 +119,12 @@ def test_summarize_exact_values():
     assert row["std"] == pytest.approx(acc.std(ddof=1))
     assert row["frac_at_chance"] == pytest.approx(2 / 5)
     assert row["frac_learns"] == pytest.approx(3 / 5)
+    low, high = wilson_interval(3, 5)  # the interval of the fraction of these 5, not of all 8 trials
+    assert (row["frac_learns_lo"], row["frac_learns_hi"]) == pytest.approx((float(low), float(high)))
+    # the median's bootstrap interval lies within the data, brackets the median, and is reproducible
+    assert 0.10 <= row["median_lo"] <= 0.30 <= row["median_hi"] <= 0.82 and row["median_lo"] < row["median_hi"]
+    again = summarize(trials).set_index("sampler").loc["random"]
+    assert (again["median_lo"], again["median_hi"]) == (row["median_lo"], row["median_hi"])
     assert row["frac_near_best"] == pytest.approx(2 / 5)  # >= 0.85 - 0.05 = 0.80
     assert row["best"] == 0.82 and row["best_number"] == 4
     assert row["median_fit_seconds"] == pytest.approx(np.median(10.0 + np.arange(5)))

@@ -33,6 +33,8 @@ Definitions (the README quotes them; every function here uses these constants):
 
 from __future__ import annotations
 
+import zlib
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -127,6 +129,10 @@ def noise_table(repeats: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- summarize
+#: bootstrap resamples behind the median intervals of :func:`summarize`
+SUMMARY_BOOTSTRAP = 2000
+
+
 def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (dataset, model, sampler, source) of accuracy-distribution statistics.
 
@@ -142,6 +148,10 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
       valid accuracies (quantiles by linear interpolation, as ``numpy.quantile``).
     * ``frac_at_chance``, ``frac_learns``, ``frac_near_best``: fractions of the
       valid trials (module definitions; best per (dataset, model, source) over samplers).
+    * ``frac_learns_lo``, ``frac_learns_hi``: its 95% Wilson interval
+      (:func:`wilson_interval`); ``median_lo``, ``median_hi``: percentile-bootstrap
+      95% interval of the median (:data:`SUMMARY_BOOTSTRAP` resamples, seeded by
+      the group's key, so a group's interval does not depend on the other groups).
     * ``best`` and ``best_number`` (trial number of the best accuracy, first one on ties).
     * ``median_fit_seconds`` (sum over folds) and ``median_duration_seconds``
       (trial wall time), over valid trials, NaN where not recorded.
@@ -174,7 +184,13 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
             q = np.quantile(acc, [0.0, 0.25, 0.5, 0.75, 1.0])
             best_any = best_overall.loc[(key[0], key[1], key[3])]
             best_index = int(np.argmax(acc))
+            n_learn = int(learns(acc, chance).sum())
+            learn_lo, learn_hi = wilson_interval(n_learn, len(acc))
+            medians, _ = _bootstrap(acc, chance, SUMMARY_BOOTSTRAP, np.random.default_rng(zlib.crc32(repr(key).encode())))
+            median_lo, median_hi = _ci(medians)
             row.update(
+                frac_learns_lo=float(learn_lo), frac_learns_hi=float(learn_hi),
+                median_lo=median_lo, median_hi=median_hi,
                 min=q[0], q25=q[1], median=q[2], q75=q[3], max=q[4],
                 mean=float(acc.mean()),
                 std=float(acc.std(ddof=1)) if len(acc) > 1 else np.nan,
@@ -189,7 +205,8 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
         else:
             row.update({k: np.nan for k in (
                 "min", "q25", "median", "q75", "max", "mean", "std", "frac_at_chance",
-                "frac_learns", "frac_near_best", "best", "best_number")})
+                "frac_learns", "frac_learns_lo", "frac_learns_hi", "median_lo", "median_hi",
+                "frac_near_best", "best", "best_number")})
         for column, out in (("fit_seconds", "median_fit_seconds"),
                             ("duration_seconds", "median_duration_seconds")):
             seconds = good[column].to_numpy(dtype=np.float64) if column in good else np.array([])
@@ -198,7 +215,8 @@ def summarize(trials: pd.DataFrame, repeats: pd.DataFrame | None = None) -> pd.D
         rows.append(row)
     columns = GROUP_COLUMNS + [
         "n", "n_invalid", "n_censored", "n_diverged", "n_failed", "min", "q25", "median",
-        "q75", "max", "mean", "std", "frac_at_chance", "frac_learns", "frac_near_best",
+        "q75", "max", "mean", "std", "frac_at_chance", "frac_learns", "frac_learns_lo",
+        "frac_learns_hi", "median_lo", "median_hi", "frac_near_best",
         "best", "best_number", "median_fit_seconds", "median_duration_seconds",
     ]
     table = pd.DataFrame(rows, columns=columns)
