@@ -116,8 +116,11 @@ def test_learns_by_epoch(tmp_path):
     lines = {l.get_label().split(" (")[0]: l for l in axes[0].get_lines() if not l.get_label().startswith("_")}
     assert set(lines) == {"Backprop MLP", "Backprop CNN", "Segregated-dendrite MLP"}
     segdend = lines["Segregated-dendrite MLP"]
-    assert list(segdend.get_xdata()) == [1, 2]
+    assert list(np.round(segdend.get_xdata())) == [1, 2]
     assert segdend.get_ydata()[0] == 0.0 and segdend.get_ydata()[1] > 0.9
+    # models are set apart around each epoch, so that lines at the same fraction do not hide each other
+    firsts = sorted(l.get_xdata()[0] for l in lines.values())
+    assert len(set(firsts)) == 3 and max(firsts) - min(firsts) < 0.5
     assert to_hex(segdend.get_color()) == MODEL_COLORS["segdend"].lower()
     assert segdend.get_label().endswith("(n=12)")
     from matplotlib.collections import PolyCollection
@@ -189,6 +192,29 @@ def test_robustness_legend_with_seven_models_fits_the_figure(tmp_path):
         legend = figure.legends[0]
         assert legend.get_window_extent(figure.canvas.get_renderer()).width <= figure.bbox.width
         assert len(legend.get_texts()) == 7 + 4  # models, ours, 2019, seed noise, chance
+
+
+def test_box_plot_labels_of_seven_real_models_do_not_overlap(tmp_path):
+    from bioplaus.models.registry import available_models
+
+    models = available_models()
+    assert len(models) >= 7
+    for datasets in (["mnist"], ["mnist", "cifar10"]):
+        figure = plot_robustness(_many_models(models, datasets), tmp_path / "labels", sampler="gp").figure
+        renderer = figure.canvas.get_renderer()
+        for ax in figure.axes[2 * len(datasets):]:  # the box-plot row
+            labels = [t for t in ax.get_xticklabels() if t.get_text()]
+            assert len(labels) == len(models)
+            angle = np.deg2rad(labels[0].get_rotation())
+            if angle == 0:  # level labels: their boxes must not overlap
+                boxes = [t.get_window_extent(renderer) for t in labels]
+                assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+            else:  # parallel slanted lines of text: their distance must exceed a line's height
+                x = ax.transData.transform(np.c_[ax.get_xticks(), np.zeros(len(labels))])[:, 0]
+                height = labels[0].get_fontsize() * figure.dpi / 72
+                assert np.diff(x).min() * np.sin(angle) > height
+                # and the slanted labels stay inside the figure
+                assert all(t.get_window_extent(renderer).x0 >= 0 for t in labels)
 
 
 def test_robustness_refuses_empty_selection(tmp_path):

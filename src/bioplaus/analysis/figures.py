@@ -311,6 +311,7 @@ def plot_robustness(
 
         # row 3: paired boxes (ours, 2019) per model, every trial as a jittered dot
         rng = np.random.default_rng(column)
+        crowded = len(models) * 1.1 > width / len(datasets)  # under ~1.1 inch per model's label
         ticks, tick_labels = [], []
         for index, model in enumerate(models):
             color = model_color(model, models)
@@ -347,8 +348,11 @@ def plot_robustness(
                         )
             if drawn:
                 ticks.append(index)
-                tick_labels.append(_wrapped(model_label(model)))
+                tick_labels.append(model_label(model) if crowded else _wrapped(model_label(model)))
         box_ax.set_xticks(ticks, tick_labels, fontsize=8.5)
+        if crowded:  # slanted, anchored at the tick, so that long names do not run into each other
+            for label in box_ax.get_xticklabels():
+                label.set(rotation=35, ha="right", rotation_mode="anchor")
         box_ax.set_xlim(-0.6, len(models) - 0.4)
 
         for ax in (trace_ax, box_ax):
@@ -464,8 +468,9 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
     95% Wilson interval as a band and error bars. With the uniformly random sampler the line
     is the share of the search space that learns after e epochs: a line still
     rising at the last epoch says that more training would make more
-    configurations learn. Raises ``ValueError`` when no trial has per-epoch
-    accuracies.
+    configurations learn. The models' points are set slightly apart around
+    each epoch, so that lines at the same fraction (often 0) stay visible.
+    Raises ``ValueError`` when no trial has per-epoch accuracies.
     """
     table = learning_table(trials)
     table = table[table["sampler"] == sampler]
@@ -476,13 +481,15 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
     last = int(table["epoch"].max())
     figure = _figure(max(6.5, 4.4 * len(datasets) + 0.4), 4.9)
     axes = figure.subplots(1, len(datasets), squeeze=False, sharey=True)[0]
+    # models side by side around each epoch (lines at the same fraction, often 0 or 1, stay apart)
+    dodge = min(0.06, 0.5 / max(len(models), 1))
     for ax, dataset in zip(axes, datasets):
-        for model in models:
+        for index, model in enumerate(models):
             rows = table[(table["dataset"] == dataset) & (table["model"] == model)].sort_values("epoch")
             if rows.empty:
                 continue
             color = model_color(model, models)
-            epochs = rows["epoch"].to_numpy()
+            epochs = rows["epoch"].to_numpy() + (index - (len(models) - 1) / 2) * dodge
             ax.fill_between(epochs, rows["frac_learns_lo"], rows["frac_learns_hi"], color=color,
                             alpha=0.15, linewidth=0)
             frac = rows["frac_learns"].to_numpy()
@@ -493,7 +500,7 @@ def plot_learns_by_epoch(trials: pd.DataFrame, stem: str | Path, *, sampler: str
             n = int(rows["n"].iloc[-1])
             ax.plot(epochs, rows["frac_learns"], color=color, marker="o", markersize=4, linewidth=2.0,
                     label=f"{model_label(model)} (n={n})")
-        ax.set_xlim(0.8, last + 0.2)
+        ax.set_xlim(0.75 - len(models) * dodge / 2, last + 0.25 + len(models) * dodge / 2)
         ax.set_xticks(np.unique(np.linspace(1, last, min(last, 10)).round().astype(int)))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
