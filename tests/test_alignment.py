@@ -100,10 +100,28 @@ def test_divergence_is_flagged_not_raised(digits):
     assert sorted(frame["layer"]) == [1, 2]
 
 
+def test_segdend_rows_and_recording_changes_nothing_learnt(tmp_path, digits):
+    """The segregated-dendrite rule's angle to its backprop control, per epoch and hidden layer."""
+    X, y = digits
+    X, y = X[:150], y[:150]
+    params = {**get_model("segdend").default_params, "num_layers": 2, "h_l_1": 20, "h_l_2": 12}
+    options = {"batch_size": 10}
+    kw = dict(dataset="digits", model="segdend", sources={"default": params}, X=X, y=y, input_shape=(1, 8, 8),
+              seed=5, n_folds=3, epochs=2, options=options, log=lambda m: None)
+    frame = run_alignment(**kw)
+    repeats = run_repeats(**kw, repeats=1, out_csv=tmp_path / "repeats.csv")
+    assert frame["accuracy"].iloc[-1] == repeats["accuracy_fold_1"].iloc[0]
+    assert list(frame["epoch"]) == [1, 1, 2, 2] and list(frame["layer"]) == [1, 2, 1, 2]
+    assert frame["angle_deg"].between(0, 180).all()  # defined: every batch has input and an error
+    n_train = len(fold_splits(y, 3, int(frame["split_seed"].iloc[0]))[0][0])
+    assert (frame["batches"] == math.ceil(n_train / 10)).all()
+    assert not frame[["invalid", "diverged", "error", "timed_out"]].any().any()
+
+
 def test_models_without_the_record_are_refused(digits):
     X, y = digits
-    assert supports_alignment("fa") and supports_alignment("burstprop")
-    assert not supports_alignment("mlp") and not supports_alignment("segdend")
+    assert supports_alignment("fa") and supports_alignment("burstprop") and supports_alignment("segdend")
+    assert not supports_alignment("mlp") and not supports_alignment("cnn")
     with pytest.raises(ConfigError, match="record_alignment"):
         _alignment(X, y, {"default": get_model("mlp").default_params}, model="mlp")
 

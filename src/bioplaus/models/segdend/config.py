@@ -225,4 +225,6 @@ def make_config(params, n_in, n_classes):
     validate(cfg)
     integer("batch_size", params["batch_size"])
     integer("test_batch_size", params["test_batch_size"])
+    if not isinstance(params["record_alignment"], bool | np.bool_):
+        raise InvalidConfigurationError(f"record_alignment must be True or False, got {params['record_alignment']!r}")
     return cfg

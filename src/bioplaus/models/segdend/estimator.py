@@ -11,6 +11,14 @@ moves every weight by the mean of their B updates (``batch_size = 1`` is the
 paper's online rule). With random phase lengths and ``B > 1`` one pair of phase
 lengths is drawn per batch.
 
+Alignment (``record_alignment``, as the rate-network rules record it): per
+mini-batch, the angle between each hidden layer's weight update from the
+plateau-potential errors and the update the model's own ``use_backprop``
+control would have applied from the very same simulated phases (same mean
+PSPs, somatic potentials and output error; the control's error backpropagated
+through the layer above as already moved by the batch, as the control does),
+averaged per ``partial_fit`` call into ``alignment_``.
+
 Choices where the specification is silent (all documented in the core too):
 training voltages and spike histories carry over from one example to the next
 (as in the reference code) and across ``partial_fit`` calls; testing clears
@@ -71,6 +79,12 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     epochs, shuffle : passes of :meth:`fit`, reshuffled each epoch with ``random_state``.
     dtype : ``"float32"`` (default) or ``"float64"``.
     test_batch_size : examples simulated side by side when predicting.
+    record_alignment : bool, default False
+        Also record, per mini-batch, the angle between each hidden layer's
+        weight update and the one ``use_backprop`` would have applied from the
+        same simulated state (``alignment_``). Rate and spiking modes alike;
+        recording changes nothing that is learnt (no random draw, no flush of
+        pending updates), and when False nothing extra is computed.
     random_state : seed of initial weights, spikes, plateau times, shuffling.
 
     Attributes
@@ -80,6 +94,19 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         ``c_`` when ``use_feedback_bias`` (else ``None``).
     classes_, n_features_in_, diverged_ (a fit produced NaN/inf; predictions at
         chance), n_examples_seen_, loss_curve_ (output local loss per batch).
+    alignment_ : list of arrays of shape ``(n_hidden_layers,)``, one per
+        ``partial_fit`` call (and per epoch of ``fit``) that applied at least
+        one batch's update, when ``record_alignment`` is True: the mean over
+        that call's mini-batches of the angle in degrees (in [0, 180]) between
+        the hidden layer's weight update ``-(f_eta P_hidden / B) psp^T E_l``
+        from the plateau-potential errors and the one from the backpropagated
+        errors of the ``use_backprop`` control, both from the same simulated
+        phases (for ``B > 1`` the summed (n_{l-1}, n_l) matrices). Batches
+        where an angle is undefined (a zero update) are left out of the mean;
+        NaN if all are. With ``use_backprop=True`` the angles are 0 up to
+        round-off. Empty when ``record_alignment`` is False.
+    alignment_batches_ : list of int, the number of mini-batches behind each
+        entry of ``alignment_`` (for weighting calls into epochs).
     """
 
     def __init__(self, hidden_layer_sizes=(500,), units_per_class=1, dt=1.0, l_f_phase=2, l_t_phase=2,
@@ -91,7 +118,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                  update_feedback_weights=False, use_apical_conductance=False,
                  use_weight_optimization=True, use_feedback_bias=False, use_rand_phase_lengths=False,
                  use_rand_plateau_times=False, use_backprop=False, batch_size=1, epochs=1,
-                 shuffle=True, dtype="float32", test_batch_size=500, random_state=None):
+                 shuffle=True, dtype="float32", test_batch_size=500, record_alignment=False,
+                 random_state=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.units_per_class = units_per_class
         self.dt = dt
@@ -129,6 +157,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         self.shuffle = shuffle
         self.dtype = dtype
         self.test_batch_size = test_batch_size
+        self.record_alignment = record_alignment
         self.random_state = random_state
 
     # ------------------------------------------------------------ config
@@ -157,6 +186,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         self.diverged_ = False
         self.n_examples_seen_ = 0
         self.loss_curve_ = []
+        self.alignment_ = []
+        self.alignment_batches_ = []
 
     def _train(self, X, y_idx, cfg):
         """One pass over ``X`` in order, ``batch_size`` examples at a time."""
@@ -167,12 +198,20 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         n_out = cfg.sizes[-1]
         # a batch of few examples is matrix-vector work: extra BLAS threads only cost
         limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
+        record = [] if self.record_alignment else None  # None: no angle is computed
         with limits:
-            self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype)
+            self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
         if not self.diverged_ and not self._weights.all_finite():
             self.diverged_ = True
+        if record:  # mean over the batches whose angle is defined, per hidden layer
+            angles = np.array(record, dtype=np.float64).reshape(len(record), cfg.n_layers - 1)
+            ok = np.isfinite(angles)
+            n = ok.sum(axis=0)
+            self.alignment_.append(np.where(n > 0, np.where(ok, angles, 0.0).sum(axis=0) / np.maximum(n, 1),
+                                            np.nan))
+            self.alignment_batches_.append(len(record))
 
-    def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype):
+    def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype, record=None):
         # teaching signals of all examples: the k output units of the class are on
         all_targets = np.zeros((X.shape[0], n_out), dtype)
         for j in range(k):
@@ -183,9 +222,10 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             for start in range(0, X.shape[0], B):
                 if self.diverged_:
                     break
-                self._train_batch(X[start:start + B], all_targets[start:start + B], cfg, sim, B, key, dtype)
+                self._train_batch(X[start:start + B], all_targets[start:start + B], cfg, sim, B, key, dtype,
+                                  record)
 
-    def _train_batch(self, xb, targets, cfg, sim, B, key, dtype):
+    def _train_batch(self, xb, targets, cfg, sim, B, key, dtype, record=None):
         """One mini-batch (a final partial one on the first rows of the batch state)."""
         nb = xb.shape[0]
         if self._state is None or self._state_key != key:
@@ -195,7 +235,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         st = self._state
         if nb < B:  # a final partial batch runs on the first nb slots of the state
             st = slice_state(self._state, nb, cfg, dtype, self._weights)
-        loss, finite = sim.train_batch(st, self._weights, xb, targets, self._streams)
+        loss, finite = sim.train_batch(st, self._weights, xb, targets, self._streams, alignment=record)
         if nb < B:
             write_back(self._state, st, nb)
             self._state.reproject(self._weights)

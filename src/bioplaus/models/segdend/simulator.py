@@ -27,6 +27,13 @@ the learning rule is accumulated spike by spike with precomputed weights.
 Online updates (batch 1) of large matrices are queued as a low-rank sum and
 applied every ``DEFER_RANK`` examples by one matrix product.
 
+Alignment record (on request only, :meth:`Simulator.train_batch`'s
+``alignment``): per batch, the angle between each hidden layer's applied
+weight update and the one the ``use_backprop`` control would have applied
+from the same simulated phases (:func:`update_angles`), formed from the
+batch's errors and mean PSPs without a second simulation, a random draw or a
+weight change.
+
 Random streams are injectable (:class:`RandomStreams`); the order of draws is:
 per training batch (1) phase lengths if random (forward, then target),
 (2) plateau offsets if random (forward phase for every hidden layer bottom-up,
@@ -75,6 +82,27 @@ def poisson_from_uniform(lam, u):
     out = np.empty_like(lam)
     _kernel.poisson_counts(lam.reshape(-1), np.ascontiguousarray(u, dtype=lam.dtype).reshape(-1),
                            out.reshape(-1))
+    return out
+
+
+def update_angles(psp, E_rule, E_ref):
+    """Per layer, the angle in degrees between the weight updates ``psp[l]^T @ E_rule[l]`` and
+    ``psp[l]^T @ E_ref[l]`` (each summed over the batch's B rows); NaN where one is zero or not finite.
+
+    Every update of this model is ``-(f_eta P / B) psp^T E`` (Guerguiev, Lillicrap & Richards
+    2017, Methods): a positive factor shared by both, which leaves the angle unchanged and is left
+    out. Inner products of the (n_in, n_l) matrices come from B x B products,
+    ``<x^T a, x^T b>_F = sum((x x^T) * (a b^T))``, in float64.
+    """
+    out = np.full(len(E_ref), np.nan)
+    for l, (x, a, b) in enumerate(zip(psp, E_rule, E_ref)):
+        x, a, b = (np.asarray(v, dtype=np.float64) for v in (x, a, b))
+        K = x @ x.T
+        ab, aa, bb = (float(np.sum(K * (p @ q.T))) for p, q in ((a, b), (a, a), (b, b)))
+        if aa > 0 and bb > 0:
+            denom = math.sqrt(aa) * math.sqrt(bb)
+            if math.isfinite(denom) and math.isfinite(ab) and denom > 0:
+                out[l] = math.degrees(math.acos(min(1.0, max(-1.0, ab / denom))))
     return out
 
 
@@ -315,12 +343,20 @@ class Simulator:
         st.p0_valid = False
 
     def train_batch(self, st: State, w: Weights, X, targets, streams: RandomStreams,
-                    f_etas=None, b_etas=None):
+                    f_etas=None, b_etas=None, alignment=None):
         """One forward + target phase on ``B`` examples, then the mean of their updates.
 
         ``X`` (B, n_in) float in [0, 1]; ``targets`` (B, n_out) 0/1 teaching
         signals. Updates ``w`` in place; returns ``(loss_out, finite)`` where
         ``loss_out`` is the mean output-layer local loss.
+
+        ``alignment``: None (nothing extra is computed), or a list to which,
+        once the batch's update is applied, the array of the angles (degrees,
+        one per hidden layer) between the applied hidden weight updates and
+        those ``use_backprop`` would have applied from the same simulated state
+        is appended (:meth:`_backprop_hidden_errors`, :func:`update_angles`).
+        Recording only reads: the weights, state and random streams end as
+        without it.
         """
         cfg, dt = self.cfg, self.dtype
         nL = cfg.n_layers
@@ -355,6 +391,8 @@ class Simulator:
             return loss, False
         # apply the mean of the B per-example updates
         scales = self._scales(f_etas)
+        if alignment is not None:  # the control's hidden errors, before any weight moves
+            bp_errors = self._backprop_hidden_errors(w, fsums[0], fwd["psp_ff"], E, scales, B)
         if cfg.use_backprop:
             self._backprop_updates(w, fsums[0], fwd["psp_ff"], E, scales, B)
         elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
@@ -382,6 +420,8 @@ class Simulator:
                     # the reference re-imposes the sparse mask after every feedback update, survivors
                     # times 5 each time (so they grow 5-fold per example)
                     w.YT[l] *= w.masks[l] * SPARSE_GAIN
+        if alignment is not None:  # E now holds the hidden errors the update used (either rule)
+            alignment.append(update_angles(fwd["psp_ff"][:nL - 1], E[:nL - 1], bp_errors))
         if cfg.use_symmetric_weights:
             noise = None
             if cfg.noisy_symmetric_weights:
@@ -411,6 +451,39 @@ class Simulator:
                 El *= gain * s * (1.0 - s)
             rank_update(w.WT[l], psp_ff[l], E[l], -scales[l] / B)
             w.b[l] -= scales[l] * E[l].mean(axis=0)
+
+    def _backprop_hidden_errors(self, w, C_f, psp_ff, E, scales, B):
+        """Hidden errors ``use_backprop`` would form from this batch's state, leaving ``w`` unchanged.
+
+        The control (:meth:`_backprop_updates`) goes from the output layer
+        down and backpropagates through the layer above as already moved by
+        this batch: ``W_{l+1}' = W_{l+1} - (s_{l+1} / B) E_{l+1}^T psp_{l+1}``
+        and ``E_l = (E_{l+1} @ W_{l+1}') k_B lam_max s'(C_l)`` (Guerguiev,
+        Lillicrap & Richards 2017, Methods, the backprop control), where the
+        top error is the output layer's local one ``E_{L-1}`` (``E[-1]``,
+        the same under both rules). Formed without touching a weight:
+        ``E_{l+1} @ W_{l+1}'^T`` (in ``WT`` orientation) is
+        ``E_{l+1} @ WT^T - (s / B) (E_{l+1} E_{l+1}^T) psp_{l+1}`` (a B x B
+        product, no weight-sized temporary), and ``WT`` counts its pending
+        low-rank update (``WT + P^T Q``), which is not flushed (flushing
+        early would change the rounding of what is learnt). Returns a list
+        of (B, n_l) arrays, hidden layers bottom-up.
+        """
+        cfg = self.cfg
+        gain = cfg.k_B * cfg.lambda_max
+        nL = cfg.n_layers
+        out = [None] * (nL - 1)
+        above = E[nL - 1]
+        for l in range(nL - 2, -1, -1):
+            back = above @ w.WT[l + 1].T
+            m = int(w.pending_m[l + 1])
+            if m:
+                pend = w.pending[l + 1]
+                back += (above @ pend.Q[:m].T) @ pend.P[:m]
+            back -= (scales[l + 1] / B) * ((above @ above.T) @ psp_ff[l + 1])
+            s = sigmoid(C_f[l])
+            out[l] = above = back * (gain * s * (1.0 - s))
+        return out
 
     # -- testing -----------------------------------------------------------
 

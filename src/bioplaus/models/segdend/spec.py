@@ -46,6 +46,9 @@ OPTIONS = {
     "dtype": {"type": "string", "enum": ["float32", "float64"], "description": "floating-point precision"},
     "units_per_class": {"type": "integer", "minimum": 1, "description": "output units per class"},
     "test_batch_size": {"type": "integer", "minimum": 1, "description": "examples simulated side by side when testing"},
+    "record_alignment": {"type": "boolean",
+                         "description": "record the angle between the rule's hidden updates and the backprop "
+                                        "control's (use_backprop) from the same simulated state"},
 }
 
 
