@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
+from bioplaus.cli import main
 from bioplaus.config import validate_config
 from bioplaus.errors import ConfigError, InvalidConfigurationError
 from bioplaus.models import get_model
@@ -250,3 +251,54 @@ def test_threads_run_folds_in_parallel():
     parallel = cost.predict_study(config(threads=3), 8, cal, repetitions=5, seed=2)
     assert parallel.total_cpu[1] == pytest.approx(serial.total_cpu[1], rel=1e-9)
     assert parallel.longest_job[1] == pytest.approx(serial.longest_job[1] / 3, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+TINY = """\
+datasets:
+  digits: {max_samples: 200}
+models: [mlp, fa]
+samplers: [random]
+n_trials: 2
+n_folds: 3
+epochs: 1
+threads: 1
+repeats: 1
+"""
+
+
+def test_estimate_command_prints_the_prediction(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    out_json = tmp_path / "estimate.json"
+    code = main(["estimate", "--configfile", str(path), "--cores", "2", "--calibration-examples", "30",
+                 "--calibration-points", "2", "--repetitions", "20", "--json", str(out_json),
+                 "--save-calibration", str(tmp_path / "cal.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for field in ("mlp", "fa", "total", "p10-p90", "wall time on 2 cores", "longest job", "valid draws"):
+        assert field in out, field
+    assert "CPU-" in out
+    record = json.loads(out_json.read_text())
+    assert record["prediction"]["cores"] == 2 and set(record["calibration"]["models"]) == {"mlp", "fa"}
+    # a saved calibration gives the same expectation without timing anything
+    code = main(["estimate", "--configfile", str(path), "--cores", "2", "--calibration", str(tmp_path / "cal.json"),
+                 "--repetitions", "20", "--json", str(tmp_path / "again.json")])
+    assert code == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["prediction"]["expected_cpu"] == pytest.approx(record["prediction"]["expected_cpu"])
+
+
+def test_estimate_rejects_a_malformed_config(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(TINY.replace("n_trials: 2", "n_trail: 2"))
+    assert main(["estimate", "--configfile", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "n_trail" in err and "n_trials" in err
+    assert main(["estimate", "--configfile", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    path.write_text(TINY)
+    assert main(["estimate", "--configfile", str(path), "--calibration", str(path)]) == 2
+    assert "calibration" in capsys.readouterr().err
