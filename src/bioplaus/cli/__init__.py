@@ -11,6 +11,7 @@ Snakemake rules call these subcommands; they can also be run by hand::
     bioplaus repeats ... | alignment ... | transfer ... | summarize ... | figures ... | importance ...
     bioplaus sensitivity ... | compare ... | alignment-figure ... | tunability ... | trials-needed ...
     bioplaus aggregates ... | transfer-table ...
+    bioplaus estimate [--configfile config.yaml] [--cores N] (predicted CPU-hours and wall time)
 
 Errors the user can act on (bad config, missing data, ...) print one message
 and exit with status 2, without a traceback.
@@ -19,7 +20,7 @@ This is the top layer and the one place where process-wide state is set:
 optuna's log level, the plugins that register extra models (``--plugin``,
 accepted by every subcommand), and the values a job takes from its
 environment (see :mod:`.study`). The subcommands live in :mod:`.data`,
-:mod:`.study` and :mod:`.analysis`.
+:mod:`.study`, :mod:`.estimate` and :mod:`.analysis`.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train with the seeds of this noise-floor repeat (first fold of its split)")
     s.set_defaults(func=cmd_alignment)
 
-    from bioplaus.cli import analysis  # unconditional: a broken import must fail, not hide commands
+    from bioplaus.cli import analysis, estimate  # unconditional: a broken import must fail, not hide commands
 
+    estimate.add_command(sub)
     analysis.add_commands(sub)
     return p
 
