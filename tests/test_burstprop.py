@@ -170,10 +170,68 @@ def test_partial_fit_chunking_invariance(digits):
     np.testing.assert_allclose(one.alignment_[0], np.mean(parts.alignment_, axis=0), rtol=1e-5)
 
 
+#: the authors' MNIST training, jordan-g/Burstprop@e231c88 train_mnist.py defaults and networks.py MNISTNet
+#: (commit 97954ef "Fixes to match original training"); rates are per *summed* batch (layers.py: grad = delta^T input)
+AUTHORS_MNIST = {"batch_size": 32, "hidden_lr": 0.1, "output_lr": 0.01, "recurrent_lr": 1e-4, "momentum": 0.8,
+                 "weight_decay": 1e-6, "p_baseline": 0.2, "weight_fa_std": 1.0, "xavier_gain": 1.0,
+                 "weight_r_range": 0.01, "hidden": (500, 500, 500)}
+
+
+def test_default_update_is_the_authors_summed_batch_step(digits):
+    """One batch at the defaults moves W, b and Z by the authors' summed-batch step (would catch a 1/B slip)."""
+    X, y = digits
+    X = X.astype(np.float64)
+    A = AUTHORS_MNIST
+    spec = get_model("burstprop")
+    est = BurstpropClassifier(dtype="float64", random_state=0)
+    defaults = est.get_params()
+    for key in ("hidden_lr", "output_lr", "recurrent_lr"):
+        assert defaults[key] == pytest.approx(A[key] * A["batch_size"]) == spec.default_params[key]
+    for key in ("momentum", "p_baseline", "batch_size"):
+        assert defaults[key] == A[key] == spec.default_params[key]
+    assert defaults["weight_decay"] == A["weight_decay"] == spec.options["weight_decay"]["default"]
+    assert defaults["feedback_std"] == A["weight_fa_std"] == spec.default_params["feedback_std"]
+    assert defaults["weight_scale"] == A["xavier_gain"] == spec.default_params["weight_scale"]
+    assert defaults["hidden_layer_sizes"] == A["hidden"] and defaults["recurrent_input"] is True
+    # state after a zero-rate call, then one real batch of 32 rows
+    est.set_params(hidden_lr=0.0, output_lr=0.0, recurrent_lr=0.0, weight_decay=0.0)
+    est.partial_fit(X[:32], y[:32], classes=np.arange(10))
+    est.set_params(**{k: defaults[k] for k in ("hidden_lr", "output_lr", "recurrent_lr", "weight_decay")})
+    W0, b0, Z0 = est.W_, est.b_, est.Z_
+    xb, T = X[32:64], np.eye(10)[y[32:64]]
+    e = est._event_rates(xb)
+    diffs, rec = est._burst_differences(e, T)
+    est.partial_fit(xb, y[32:64])  # velocities are zero: the first step is -rate * g
+    rates = [A["hidden_lr"]] * 3 + [A["output_lr"]]
+    for l in range(4):
+        expected_W = W0[l] + rates[l] * (e[l].T @ diffs[l]) - A["weight_decay"] * W0[l]
+        np.testing.assert_allclose(est.W_[l], expected_W, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(est.b_[l], b0[l] + rates[l] * diffs[l].sum(axis=0), rtol=1e-10, atol=1e-13)
+        assert np.abs(est.W_[l] - W0[l]).max() > 1e-6
+    for l, u, b_hat in rec:
+        np.testing.assert_allclose(est.Z_[l], Z0[l] + A["recurrent_lr"] * (b_hat.T @ u), rtol=1e-10, atol=1e-15)
+
+
+def test_initial_weights_follow_the_authors_distributions(digits):
+    X, y = digits
+    est = BurstpropClassifier(hidden_layer_sizes=(400, 300), dtype="float64", feedback_std=0.7, weight_scale=1.5,
+                              hidden_lr=0.0, output_lr=0.0, recurrent_lr=0.0, weight_decay=0.0,
+                              random_state=1).partial_fit(X[:2], y[:2], classes=np.arange(10))
+    W, Y, Z = est.W_, est.Y_, est.Z_
+    for w, (n_in, n_out) in zip(W, ((64, 400), (400, 300), (300, 10))):
+        assert np.std(w) == pytest.approx(1.5 * np.sqrt(2 / (n_in + n_out)), rel=0.05)
+    y_all = np.concatenate([v.ravel() for v in Y])
+    assert np.std(y_all) == pytest.approx(0.7, rel=0.02)
+    kurtosis = np.mean((y_all - y_all.mean()) ** 4) / np.var(y_all) ** 2
+    assert kurtosis == pytest.approx(3.0, abs=0.15)  # normal (a uniform draw has 1.8)
+    assert all(np.abs(z).max() <= AUTHORS_MNIST["weight_r_range"] for z in Z)
+    assert all(np.std(z) == pytest.approx(0.01 / np.sqrt(3), rel=0.05) for z in Z)
+
+
 def test_invalid_settings_rejected_at_fit_with_names(digits):
     X, y = digits
     for kw, match in ((dict(p_baseline=1.0), "p_baseline"), (dict(p_baseline=0.0), "p_baseline"),
-                      (dict(feedback_range=-1.0), "feedback_range"), (dict(recurrent_input="no"), "recurrent_input"),
+                      (dict(feedback_std=-1.0), "feedback_std"), (dict(recurrent_input="no"), "recurrent_input"),
                       (dict(hidden_lr=float("nan")), "hidden_lr"), (dict(weight_decay=2.0), "weight_decay")):
         with pytest.raises(InvalidConfigurationError, match=match):
             BurstpropClassifier(hidden_layer_sizes=(10,), **kw).fit(X[:20], y[:20])
@@ -187,7 +245,7 @@ def test_spec_space_contains_defaults_and_builds(digits):
         assert dist._contains(dist.to_internal_repr(spec.default_params[key])), key
     est = spec.build(dict(spec.default_params), input_shape=(1, 8, 8), n_classes=10, epochs=1, random_state=0,
                      options={})
-    assert est.hidden_layer_sizes == (500, 500, 500) and est.batch_size == 32 and est.weight_decay == 1e-5
+    assert est.hidden_layer_sizes == (500, 500, 500) and est.batch_size == 32 and est.weight_decay == 1e-6
     X, y = digits
     rng = np.random.default_rng(0)
     for _ in range(3):

@@ -51,45 +51,79 @@ Alignment
     layer, the angle between ``h_l^T delta_l`` of the rule and of backprop
     (``alignment_``, see :class:`~bioplaus.models._rate_network.RateNetworkClassifier`).
 
-Published MNIST accuracies (for orientation; our networks are narrower)
-    * Lillicrap et al. (2016, Fig. 2a,b): 784-1000-10 network, test error
-      about 2.4 % (backprop) and 2.1 % (feedback alignment) as we read the
-      figure and text.
-    * Nøkland (2016, abstract and Table 1): permutation-invariant MNIST, DFA
-      reaches 1.45 % test error with dropout in a larger network; without
-      dropout, tanh networks of 1-4 hidden layers of 800 units reach about
-      1.4-1.7 % for DFA, FA and backprop alike.
-    * Liao et al. (2016) and Xiao et al. (2018) report sign symmetry on
-      convolutional networks (MNIST among Liao's datasets; ImageNet in Xiao's),
-      not on a fully connected network of this family; we quote no number.
-    These are from our reading of the papers, not rechecked here; our own
-    numbers (Fashion-MNIST and the 5,000-image MNIST subset, full MNIST being
-    out of reach) are in the study's results.
+Published MNIST accuracies (for orientation; the papers' networks are wider and trained longer)
+    * ``fa``: Lillicrap et al. (2016, Fig. 2a) train a 784-1000-10 network of
+      sigmoid hidden and output units on squared error with learning rate
+      1e-3 and weight decay 1e-6 on the 60,000 training images, and report a
+      test error of about 2.4 % for backprop and 2.1 % for feedback
+      alignment. As reported in Lillicrap et al. (2016), Fig. 2a and Results;
+      not verified against the paper's text here: the settings are as a
+      reproduction paraphrases the paper's Methods (YAGI0423/feedback_alignment,
+      README, citing arXiv:1411.0247), and the 2.1 % appears in a third-party
+      summary (paperium.net); neither error rate was read in the paper itself.
+    * ``dfa``: Nøkland (2016, abstract; verified in the NeurIPS proceedings'
+      abstract): direct feedback alignment combined with dropout reaches
+      1.45 % test error on permutation-invariant MNIST (a network larger
+      than this family's, trained with dropout). The paper's MNIST table of
+      fully connected networks without dropout (backprop, FA and DFA side by
+      side) is not verified here and we quote no number from it. The author's code (anokland/dfa-torch,
+      ``Main.lua``, ``Models/mlp.lua``) trains by default 784-800-800-10 tanh
+      with sigmoid outputs on binary cross-entropy, RMSprop at 1e-4, batch 64,
+      300 epochs, all forward weights and biases starting at zero and feedback
+      ``U(-1/sqrt(n), 1/sqrt(n))`` for a hidden layer of ``n`` units.
+    * ``sign``: Liao, Leibo & Poggio (2016) test sign-concordant feedback on
+      MNIST among other data sets with convolutional networks, batch
+      normalisation and "Batch Manhattan" updates, and Xiao et al. (2018) on
+      ImageNet (ResNet-18, AlexNet; their code, willwx/sign-symmetry, also
+      offers Batch Manhattan after Liao et al.); neither reports a fully
+      connected network of this family and we quote no number (Liao et al.'s
+      MNIST errors are not verified here).
+    Our own numbers (Fashion-MNIST and the 5,000-image MNIST subset, full
+    MNIST being out of reach) are in the study's results.
 
 Search spaces (ranges are ours, spanning the papers' settings)
     ``learning_rate`` log-uniform [1e-3, 0.5] (SGD on a batch-mean loss;
-    the papers use 1e-3 .. 1e-1); ``momentum`` [0, 0.95] (0 in Lillicrap et
-    al., 0.9 in Xiao et al.); ``feedback_scale`` log-uniform [0.1, 10]
-    (``fa``, ``dfa``: the spread of the random feedback, which Lillicrap et
-    al. and Nøkland draw uniformly; ``sign``: the magnitude ``s_l``);
-    ``weight_scale`` log-uniform [0.05, 2] (Lillicrap et al. note that
-    alignment is quickest from small forward weights; Nøkland starts DFA's
-    hidden weights at or near zero); ``batch_size`` [10, 500]; ``num_layers``
-    1-6 and ``h_l_1 .. h_l_6`` 30-500 (the backprop MLP's family). ``dfa``
-    also searches the hidden nonlinearity (``tanh``, ``sigmoid``, ``relu``),
-    which Nøkland compares; ``fa`` and ``sign`` keep theirs fixed (option
-    ``activation``).
+    the papers use 1e-3 per example in Lillicrap et al., RMSprop at 1e-4 in
+    Nøkland's code and SGD at 0.1 on ImageNet in Xiao et al.'s code);
+    ``momentum`` [0, 0.95] (0.9 in Xiao et al.'s code, none in Nøkland's);
+    ``feedback_scale`` log-uniform [0.1, 10] (``fa``, ``dfa``: the spread of
+    the random feedback, which Lillicrap et al. and Nøkland draw uniformly;
+    ``sign``: the magnitude ``s_l``); ``weight_scale`` log-uniform [0.05, 2]
+    (Lillicrap et al. note that alignment is quickest from small forward
+    weights; Nøkland's code starts DFA's forward weights at zero, below the
+    range); ``batch_size`` [10, 500]; ``num_layers`` 1-6 and ``h_l_1 ..
+    h_l_6`` 30-500 (the backprop MLP's family). ``dfa`` also searches the
+    hidden nonlinearity (``tanh``, ``sigmoid``, ``relu``), which Nøkland's
+    code offers; ``fa`` and ``sign`` keep theirs fixed (option ``activation``).
 
-Defaults (``DEFAULT_PARAMS``)
-    * ``fa``: one hidden layer, sigmoid units, as Lillicrap et al.'s MNIST
-      network (its 1,000 units narrowed to this family's 500), plain SGD.
-    * ``dfa``: two hidden tanh layers (Nøkland's 2x800 tanh narrowed to
-      2x500).
-    * ``sign``: two hidden ReLU layers (Xiao et al. use ReLU networks),
-      momentum 0.9 as Xiao et al.
-    Learning rate, batch size and weight scale are not given by the papers
-    for these networks in the text we could read; ours are set so that each
-    rule learns within a few epochs, and are marked as ours.
+Defaults (``DEFAULT_PARAMS``): which values are the papers' and which ours
+    All three use softmax cross-entropy and SGD (ours, see above), Glorot
+    initial weights (``weight_scale = 1``, ours) and no weight decay (the
+    estimators have none).
+
+    * ``fa``: one hidden layer of sigmoid units as in Lillicrap et al.'s
+      784-1000-10 network (the paper's), 500 units (ours: the family's
+      largest width); learning rate 0.1 on the mean over batches of 100
+      (ours; equal to the paper's 1e-3 per example if its updates were per
+      example, which we could not check); no momentum (ours); feedback
+      ``U(-r_B, r_B)`` at ``feedback_scale = 1`` (ours). Differs from the
+      paper in its loss (squared error on sigmoid outputs there) and weight
+      decay (1e-6 there).
+    * ``dfa``: two hidden tanh layers, the default of Nøkland's code
+      (784-800-800-10, narrowed to 500: ours); learning rate 0.02, momentum
+      0.9 and batch 100 (ours: the code uses RMSprop at 1e-4 and batch 64,
+      which an SGD estimator cannot take over); feedback at
+      ``feedback_scale = 1``, i.e. half-width ``sqrt(6 / (10 + n))`` (ours;
+      the code's ``1/sqrt(n)`` is ``feedback_scale`` of about 0.41 at
+      ``n = 500``); Glorot forward weights (ours: the code starts them at zero).
+    * ``sign``: two hidden ReLU layers of 500 units (ours; Xiao et al. use
+      ReLU networks); momentum 0.9 (Xiao et al.'s code default, for
+      ImageNet); learning rate 0.02 and batch 100 (ours; their ImageNet code:
+      0.1 and 256 with weight decay 1e-4); magnitude ``s_l`` at
+      ``feedback_scale = 1`` is the s.d. of ``W_{l+1}``'s Glorot
+      initialisation, which equals their code's ``1/sqrt(fan_in)`` for equal
+      widths (0.045 at 500-500). Their code keeps backprop for the last
+      layer by default; ours sends sign feedback through every layer.
 """
 
 from __future__ import annotations
@@ -391,13 +425,13 @@ def _layers(*widths):
 _spec_of = {}
 
 
-#: Lillicrap et al. (2016) MNIST network narrowed to 784-500-10, sigmoid; rate, batch, scales ours.
+#: Lillicrap et al. (2016) MNIST network (784-1000-10 sigmoid) narrowed to 784-500-10; rate, batch, scales ours.
 FA_DEFAULT_PARAMS = {"batch_size": 100, "learning_rate": 0.1, "momentum": 0.0, "feedback_scale": 1.0,
                      "weight_scale": 1.0, **_layers(500)}
-#: Nøkland (2016) 2x800 tanh narrowed to 2x500; rate, momentum, batch, scales ours.
+#: Nøkland's code default (2x800 tanh) narrowed to 2x500; rate, momentum, batch, scales ours (see the docstring).
 DFA_DEFAULT_PARAMS = {"batch_size": 100, "learning_rate": 0.02, "momentum": 0.9, "feedback_scale": 1.0,
                       "weight_scale": 1.0, "activation": "tanh", **_layers(500, 500)}
-#: ReLU and momentum 0.9 as Xiao et al. (2018); 2x500, rate, batch, scales ours.
+#: ReLU and momentum 0.9 as Xiao et al.'s (2018) code; 2x500, rate, batch, scales ours.
 SIGN_DEFAULT_PARAMS = {"batch_size": 100, "learning_rate": 0.02, "momentum": 0.9, "feedback_scale": 1.0,
                        "weight_scale": 1.0, **_layers(500, 500)}
 
