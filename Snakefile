@@ -8,6 +8,7 @@
 #   results/<dataset>/<model>/importance.csv         hyperparameter importance
 #   results/summary.csv, results/comparison.csv      tables
 #   results/figures/*.png|pdf                        figures
+#   results/estimate.txt                             predicted cost (`snakemake estimate`, not in `all`)
 
 import os
 import sys
@@ -45,6 +46,7 @@ include: "workflow/rules/study.smk"
 include: "workflow/rules/alignment.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/robustness.smk"
+include: "workflow/rules/estimate.smk"
 
 
 rule all:

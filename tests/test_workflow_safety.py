@@ -197,3 +197,16 @@ def test_a_data_dir_with_a_space_works_for_real(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "--data-dir 'my data'" in proc.stdout + proc.stderr
     assert (work / PREPARED).exists()
+
+
+@pytest.mark.slow
+def test_the_estimate_rule_predicts_the_validated_config_without_its_password(tmp_path):
+    work = _work(tmp_path, TINY + "storage: postgresql://bioplaus:s3cret@localhost:5432/bioplaus\n")
+    res = _snakemake(work, "estimate", "--config", "n_trials=7")
+    assert res.returncode == 0, res.stderr[-3000:]
+    text = (work / "results" / "estimate.txt").read_text()
+    # the --config override and the schema's defaults reach the prediction
+    assert "7 valid trials x 3 folds x 1 epochs" in text and "wall time on 1 cores" in text
+    assert "mlp" in text and "total" in text
+    assert "s3cret" not in (work / "results" / "estimate.txt.config.json").read_text()
+    assert not (work / "results" / "digits").exists()  # nothing of the study itself ran
