@@ -271,12 +271,13 @@ class Simulator:
 
     def _update_modes(self, w, defer):
         """Per layer, how an online update is applied (see ``_kernel.online_update``),
-        and the layers whose updates are queued."""
+        the layers whose updates are queued (mode 1) and those written directly (the others)."""
         key = (defer, tuple(x.size for x in w.WT))
         cached = self._mode_cache.get(key)
         if cached is None:
             modes = np.array([(1 if defer else 0) if x.size >= _state.DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
-            cached = self._mode_cache[key] = (modes, [l for l, m in enumerate(modes) if m == 1])
+            cached = self._mode_cache[key] = (modes, [l for l, m in enumerate(modes) if m == 1],
+                                              [l for l, m in enumerate(modes) if m != 1])
         return cached
 
     def _scales(self, f_etas):
@@ -394,12 +395,14 @@ class Simulator:
         if alignment is not None:  # the control's hidden errors, before any weight moves
             bp_errors = self._backprop_hidden_errors(w, fsums[0], fwd["psp_ff"], E, scales, B)
         if cfg.use_backprop:
+            w.touched()
             self._backprop_updates(w, fsums[0], fwd["psp_ff"], E, scales, B)
         elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
-            mode, deferred = self._update_modes(w, defer)
+            mode, deferred, direct = self._update_modes(w, defer)
             if w.ensure_pending(deferred):
                 WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+            w.touched(direct)  # the queued layers (mode 1) change only by flushes
             _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
                 if mode[l] == 0:
@@ -407,6 +410,7 @@ class Simulator:
                 elif mode[l] == 1 and pending_m[l] == _state.DEFER_RANK:
                     w.flush(l)
         else:
+            w.touched()
             for l in range(nL):
                 w.flush(l)
                 rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
@@ -487,16 +491,26 @@ class Simulator:
 
     # -- testing -----------------------------------------------------------
 
-    def output_scores(self, w: Weights, X, streams: RandomStreams | None):
+    def test_state(self, n):
+        """A new state for testing ``n`` rows side by side (:meth:`output_scores`)."""
+        cfg = self.cfg
+        return State(cfg, n, self.dtype, apical=cfg.use_conductances and cfg.use_apical_conductance)
+
+    def output_scores(self, w: Weights, X, streams: RandomStreams | None, state: State | None = None):
         """Mean output somatic potential over the test window, ``(n, n_out)``.
 
         Voltages and spike histories are cleared before each example (a fresh
-        state per call); all rows are simulated side by side.
+        state per call, or ``state``, one of :meth:`test_state` for ``n`` rows,
+        cleared: the same numbers; the returned array then belongs to it and is
+        overwritten by its next use); all rows are simulated side by side.
         """
         cfg = self.cfg
         w.flush()
-        apical = cfg.use_conductances and cfg.use_apical_conductance
-        st = State(cfg, X.shape[0], self.dtype, apical=apical)
+        if state is None:
+            st = self.test_state(X.shape[0])
+        else:
+            st = state
+            st.clear()
         st.reproject(w)
         self.set_input(st, X)
         res = self.run_phase(st, w, cfg.l_f_phase_test, cfg.integration_time_test, streams=streams,
