@@ -39,7 +39,13 @@ def digits():
 
 class Uncached(SegregatedDendriteClassifier):
     """The estimator with nothing kept between calls: every call validates its parameters,
-    builds its simulator, test streams and test state anew, as before the caches existed."""
+    builds its simulator, test streams, test state and the compiled loop's arguments anew
+    (voltages and spike histories carry over, as they do between examples)."""
+
+    def partial_fit(self, X, y, classes=None):
+        if getattr(self, "_state", None) is not None:
+            self._state.phase_cache.clear()
+        return super().partial_fit(X, y, classes=classes)
 
     def _config(self, n_in, n_classes):
         return self._make_config(n_in, n_classes)
@@ -81,6 +87,8 @@ def _assert_bitwise(a, b):
 #: (which switch the online update away from the queued low-rank path and back), batch size
 #: and a rate list later changed in place.
 CHANGES = {
+    2: dict(use_conductances=True),
+    4: dict(g_B=0.5, dt=0.8, E_E=7.0, tau_L=9.0),
     6: dict(f_etas=0.05),
     9: dict(l_f_phase=4, l_t_phase=3, integration_time=2),
     12: dict(use_rand_phase_lengths=True, use_rand_plateau_times=True),
@@ -88,8 +96,8 @@ CHANGES = {
     18: dict(use_backprop=False, f_etas=[0.3, 0.1, 0.2]),
     21: dict(use_symmetric_weights=True),
     24: dict(use_symmetric_weights=False, batch_size=3),
-    26: dict(batch_size=1, lambda_max=0.3),
-    30: dict(integration_time=None, l_f_phase_test=3),
+    26: dict(batch_size=1, lambda_max=0.3, use_apical_conductance=True, g_A=0.08),
+    30: dict(integration_time=None, l_f_phase_test=3, use_conductances=False),
 }
 
 
@@ -135,7 +143,9 @@ def test_changes_between_calls_do_change_the_weights(digits):
     X, y = digits
     kw = dict(hidden_layer_sizes=(24,), random_state=0, use_conductances=True)  # phases of any length matter
     base = SegregatedDendriteClassifier(**kw).partial_fit(X[:3], y[:3], classes=np.arange(10))
-    for change in (dict(f_etas=0.05), dict(l_f_phase=4), dict(lambda_max=0.3), dict(use_backprop=True)):
+    for change in (dict(f_etas=0.05), dict(l_f_phase=4), dict(lambda_max=0.3), dict(use_backprop=True),
+                   dict(use_conductances=False), dict(g_B=0.5), dict(dt=0.7), dict(E_I=-7.0),
+                   dict(use_apical_conductance=True)):
         a, b = pickle.loads(pickle.dumps(base)), pickle.loads(pickle.dumps(base))
         a.partial_fit(X[3:4], y[3:4])  # caches filled with the old parameters
         b.partial_fit(X[3:4], y[3:4])
@@ -380,3 +390,19 @@ def test_weights_changed_through_W_views_are_read_again(digits, monkeypatch):
     assert est._weights._bounds[0] is not None  # known from the last call
     est.W_[0][2, 5] = np.inf
     assert not est._weights.all_finite()
+
+
+def test_spiking_traces_follow_new_time_constants(digits):
+    X, y = digits
+    est = SegregatedDendriteClassifier(hidden_layer_sizes=(12,), use_spiking_feedforward=True,
+                                       use_spiking_feedback=True, use_conductances=True, l_f_phase=6, l_t_phase=5,
+                                       mem=4, random_state=0).partial_fit(X[:2], y[:2], classes=np.arange(10))
+    est.set_params(tau_L=8.0, tau_s=2.0).partial_fit(X[2:4], y[2:4])
+    st = est._state
+    age = (st.step - np.arange(st.mem)) % st.mem
+    weights = np.exp(-1.0 / np.array([8.0, 2.0]))[:, None] ** (age + 1)
+    for p in (*st.ff, *st.fb):
+        if p.proj is not None:  # the traces are the ring's projections under the new decays
+            mem, B, n = p.proj.shape
+            np.testing.assert_allclose(p.trace.reshape(2, -1), weights @ p.proj.reshape(mem, -1),
+                                       rtol=1e-4, atol=1e-5)

@@ -285,6 +285,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             all_targets[np.arange(X.shape[0]), y_idx * k + j] = 1
         key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
                cfg.use_broadcast)
+        if self._state is not None:  # the time constants may have changed since the last call
+            self._state.retime(cfg, self._weights)
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned
             for start in range(0, X.shape[0], B):
                 if self.diverged_:

@@ -293,11 +293,12 @@ class Simulator:
 
     def _phase_arrays(self, st, w, switches):
         """Leading arguments of the compiled loop (switches, constants, weights, state), the
-        window-sum arrays and the result dict of one kind of phase; cached on the state."""
+        window-sum arrays and the result dict of one kind of phase; cached on the state for
+        this simulator (whose configuration gives the switches and constants) and these weights."""
         ka = w.kernel_arrays()
         cached = st.phase_cache.get(switches)
-        if cached is not None and cached[0] is ka:
-            return cached[1:]
+        if cached is not None and cached[0] is ka and cached[1] is self:
+            return cached[2:]
         cfg, dt = self.cfg, self.dtype
         nL, B, sizes = cfg.n_layers, st.B, cfg.sizes
         teach, collect_A, collect_lam, collect_psp, need_fb_psp, plateau = switches
@@ -312,8 +313,8 @@ class Simulator:
               else (self._no_plateau,) * 2)
         head = (cfg.mem, nL, flags, self._fb_src, self._consts, self._decay,
                 *ka, *st.kernel_arrays, st.target, *pl)
-        if cached is not None:  # same state, new weight arrays: keep the sums
-            sums, out = cached[2], cached[3]
+        if cached is not None:  # same state, new weight arrays or configuration: keep the sums
+            sums, out = cached[3], cached[4]
         else:
             C_sum = [np.zeros((B, n), dt) for n in sizes[1:]]
             A_sum = [np.zeros((B, n), dt) for n in sizes[1:-1]] if collect_A else []
@@ -331,7 +332,7 @@ class Simulator:
                 out["psp_ff"] = psp_ff
                 if need_fb_psp:
                     out["psp_fb"] = psp_fb
-        st.phase_cache[switches] = (ka, head, sums, out)
+        st.phase_cache[switches] = (ka, self, head, sums, out)
         return head, sums, out
 
     # -- training ----------------------------------------------------------

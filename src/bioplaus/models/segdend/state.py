@@ -392,7 +392,19 @@ class State:
             padded([d3 if p.trace is None else p.trace for p in self.ff], L, d3), self.ff_seen,
             padded([d3 if q.proj is None else q.proj for q in self.fb], L, d3, -1),
             padded([d3 if q.trace is None else q.trace for q in self.fb], L, d3, -1), self.fb_seen)
-        self._decays = np.exp(-1.0 / np.array([cfg.tau_L, cfg.tau_s]))
+        self._taus = (cfg.tau_L, cfg.tau_s)
+        self._decays = np.exp(-1.0 / np.array(self._taus))
+
+    def retime(self, cfg: Config, weights: Weights):
+        """Follow a change of the PSP time constants (``tau_L``, ``tau_s``, by ``set_params``
+        between calls): the traces are formed again from the ring of projections with the new
+        decays, as the compiled loop advances them from now on (nothing to do if unchanged)."""
+        if not hasattr(self, "_taus"):  # a state pickled before time constants were followed
+            self._taus = (cfg.tau_L, cfg.tau_s)
+        if (cfg.tau_L, cfg.tau_s) != self._taus:
+            self._taus = (cfg.tau_L, cfg.tau_s)
+            self._decays = np.exp(-1.0 / np.array(self._taus))
+            self.reproject(weights)
 
     def clear(self):
         """Back to what a new ``State`` of the same arguments holds (every potential, rate, spike,
