@@ -24,6 +24,7 @@ from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import SegregatedDendriteClassifier
 from bioplaus.models.segdend import simulator as core
 from bioplaus.models.segdend import state as segdend_state
@@ -406,3 +407,16 @@ def test_spiking_traces_follow_new_time_constants(digits):
             mem, B, n = p.proj.shape
             np.testing.assert_allclose(p.trace.reshape(2, -1), weights @ p.proj.reshape(mem, -1),
                                        rtol=1e-4, atol=1e-5)
+
+
+def test_broadcast_cannot_change_between_calls_of_a_deep_net(digits):
+    """With two hidden layers or more, use_broadcast decides the feedback weights' shapes: a
+    change between calls is refused by name (it used to fail inside the compiled loop)."""
+    X, y = digits
+    deep = SegregatedDendriteClassifier(hidden_layer_sizes=(12, 8), random_state=0)
+    deep.partial_fit(X[:3], y[:3], classes=np.arange(10))
+    with pytest.raises(InvalidConfigurationError, match="use_broadcast"):
+        deep.set_params(use_broadcast=False).partial_fit(X[3:4], y[3:4])
+    shallow = SegregatedDendriteClassifier(hidden_layer_sizes=(12,), random_state=0)
+    shallow.partial_fit(X[:3], y[:3], classes=np.arange(10))
+    shallow.set_params(use_broadcast=False).partial_fit(X[3:4], y[3:4])  # one feedback source either way

@@ -243,7 +243,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         self._test_seed = test_ss
         self._state = None
         self._state_key = None
-        self._structure = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)
+        self._structure = self._structure_of(cfg, dtype)
         self.diverged_ = False
         self.n_examples_seen_ = 0
         self.loss_curve_ = []
@@ -313,12 +313,19 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         if not finite:
             self.diverged_ = True
 
+    @staticmethod
+    def _structure_of(cfg, dtype):
+        """What fixes the weights' shapes: sizes, sparse masks, feedback biases, dtype, and each hidden
+        layer's feedback source (``use_broadcast`` with two or more hidden layers)."""
+        sources = tuple(cfg.feedback_source(l) for l in range(cfg.n_layers - 1))
+        return (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype, sources)
+
     def _check_structure(self, cfg, dtype):
-        new = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)
-        if new != self._structure:
+        if self._structure_of(cfg, dtype) != self._structure:
             raise InvalidConfigurationError(
                 "partial_fit cannot change the network's structure (hidden_layer_sizes, units_per_class, "
-                "use_sparse_feedback, use_feedback_bias, dtype) after the first call; call fit instead")
+                "use_sparse_feedback, use_feedback_bias, dtype, use_broadcast with two or more hidden "
+                "layers) after the first call; call fit instead")
 
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch (X: (n, n_features) in [0, 1])."""
