@@ -59,6 +59,9 @@ from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD, SPARSE_GAIN
 from bioplaus.models.segdend import state as _state
 from bioplaus.models.segdend.state import State, Weights, padded, rank_update
 
+_NO_KEY = np.uint64(0)  # the spike key argument when uniforms come from an array
+
+
 def sigmoid(x):
     """Logistic function, overflow-free (``0.5 + 0.5 tanh(x / 2)``)."""
     return 0.5 + 0.5 * np.tanh(0.5 * x)
@@ -171,6 +174,9 @@ class Simulator:
         self._no_plateau = padded([], cfg.n_layers, np.zeros((1, 1), np.int64), -1)
         self._no_history = np.zeros(cfg.mem, self.dtype)
         self._mode_cache, self._scale_cache = {}, {}
+        self._lambda_max = self.dtype.type(cfg.lambda_max)
+        # the compiled loop's spike-time PSP weights when no spike is consumed (rate mode)
+        self._no_psp = (self._dummy1, 0, self._dummy1, 0, self._no_history, self._no_history)
 
     # -- helpers ---------------------------------------------------------
 
@@ -236,17 +242,19 @@ class Simulator:
             np.exp(st.p0, out=st.p0)
             st.p0_valid = True
         # spike-time weights of the mean PSP (spiking paths), and of the ring's spikes before the phase
-        psp = [(0, self._dummy1, self._no_history)] * 2
-        for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
-                        (1, need_fb_psp and cfg.use_spiking_feedback)):
-            if on:
-                off, wv = self._psp_weights(L_phase, T, lag)
-                hist_w = np.zeros(mem, dt)
-                for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
-                    if -age - off >= 0:
-                        hist_w[(st.step - age) % mem] = wv[-age - off]
-                psp[lag] = (off, wv, hist_w)
-        psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
+        psp_args = self._no_psp
+        if (collect_psp and cfg.use_spiking_feedforward) or (need_fb_psp and cfg.use_spiking_feedback):
+            psp = [(0, self._dummy1, self._no_history)] * 2
+            for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
+                            (1, need_fb_psp and cfg.use_spiking_feedback)):
+                if on:
+                    off, wv = self._psp_weights(L_phase, T, lag)
+                    hist_w = np.zeros(mem, dt)
+                    for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
+                        if -age - off >= 0:
+                            hist_w[(st.step - age) % mem] = wv[-age - off]
+                    psp[lag] = (off, wv, hist_w)
+            psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
         start = L_phase - T + 1
         per_step, u_off = st.u_per_step, st.u_off
         t, step = 1, st.step
@@ -261,7 +269,7 @@ class Simulator:
             t_last = min(L_phase, t + block - 1)
             U = (streams.uniform((t_last - t + 1, per_step)).astype(dt, copy=False).reshape(-1) if per_step
                  else self._dummy1)
-            step, done = _kernel.phase_steps(t, t_last, L_phase, start, step, *head, *sums, U, 0, np.uint64(0), 0,
+            step, done = _kernel.phase_steps(t, t_last, L_phase, start, step, *head, *sums, U, 0, _NO_KEY, 0,
                                              u_off, per_step, *psp_args)
             if done:
                 break
@@ -272,13 +280,13 @@ class Simulator:
     def _update_modes(self, w, defer):
         """Per layer, how an online update is applied (see ``_kernel.online_update``),
         the layers whose updates are queued (mode 1) and those written directly (the others)."""
-        key = (defer, tuple(x.size for x in w.WT))
+        key = (defer, _state.DEFER_MIN_SIZE)
         cached = self._mode_cache.get(key)
-        if cached is None:
+        if cached is None or cached[0] is not w.WT:  # (a Weights' matrices keep their shapes)
             modes = np.array([(1 if defer else 0) if x.size >= _state.DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
-            cached = self._mode_cache[key] = (modes, [l for l, m in enumerate(modes) if m == 1],
+            cached = self._mode_cache[key] = (w.WT, modes, [l for l, m in enumerate(modes) if m == 1],
                                               [l for l, m in enumerate(modes) if m != 1])
-        return cached
+        return cached[1:]
 
     def _scales(self, f_etas):
         """Per layer, the forward learning rate times the layer's P factor (cached)."""
@@ -339,9 +347,8 @@ class Simulator:
 
     def set_input(self, st: State, X):
         """Present inputs ``X`` (B, n_in), pixel values in [0, 1]: rates ``lambda_max * X``."""
-        src = st.sources[0]
-        np.multiply(X, self.dtype.type(self.cfg.lambda_max), out=src.rates)
-        src.version += 1
+        np.multiply(X, self._lambda_max, out=st.sources[0].rates)
+        st.versions[0] += 1  # the input's version (``st.sources[0].version``)
         st.p0_valid = False
 
     def train_batch(self, st: State, w: Weights, X, targets, streams: RandomStreams,
@@ -433,7 +440,7 @@ class Simulator:
                 noise = lambda shape: streams.normal(NOISY_SYMMETRIC_SD, shape)  # noqa: E731
             w.impose_symmetry(cfg, noise)
         st.reproject(w)
-        finite = bool(np.isfinite(st.sources[-1].rates.sum())) and bool(np.isfinite(w.b[0].sum()))
+        finite = math.isfinite(st.sources[-1].rates.sum()) and math.isfinite(w.b[0].sum())
         return loss, finite
 
     def _backprop_updates(self, w, C_f, psp_ff, E, scales, B):

@@ -366,6 +366,8 @@ class State:
         self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], cfg.use_spiking_feedback and apical, B,
                             sizes[l + 1], mem, dtype, self.fb_seen, l) for l in range(L - 1)]
         self.step = 0  # global step counter; slot of step g is g % mem
+        self._spiking_paths = ([(l, p) for l, p in enumerate(self.ff) if p.spiking],
+                               [(l, p) for l, p in enumerate(self.fb) if p.spiking])
         # the input's exp(-rate), valid while the input is fixed (spiking feedforward)
         self.p0 = np.zeros((B, sizes[0]), dtype)
         self.p0_valid = False
@@ -395,11 +397,18 @@ class State:
         self._taus = (cfg.tau_L, cfg.tau_s)
         self._decays = np.exp(-1.0 / np.array(self._taus))
 
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_spiking_paths" not in state:  # pickled by an earlier version: derived attributes
+            self._spiking_paths = ([(l, p) for l, p in enumerate(self.ff) if p.spiking],
+                                   [(l, p) for l, p in enumerate(self.fb) if p.spiking])
+            self._taus = None
+
     def retime(self, cfg: Config, weights: Weights):
         """Follow a change of the PSP time constants (``tau_L``, ``tau_s``, by ``set_params``
         between calls): the traces are formed again from the ring of projections with the new
         decays, as the compiled loop advances them from now on (nothing to do if unchanged)."""
-        if not hasattr(self, "_taus"):  # a state pickled before time constants were followed
+        if self._taus is None:  # a state pickled before time constants were followed
             self._taus = (cfg.tau_L, cfg.tau_s)
         if (cfg.tau_L, cfg.tau_s) != self._taus:
             self._taus = (cfg.tau_L, cfg.tau_s)
@@ -443,18 +452,17 @@ class State:
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
-        if any(p.spiking for p in self.ff):
+        ff, fb = self._spiking_paths
+        if ff:
             weights.flush()
-        self.ff_seen[:] = -1
-        self.fb_seen[:] = -1
-        if any(p.spiking for p in self.ff + self.fb):
+        self.ff_seen.fill(-1)
+        self.fb_seen.fill(-1)
+        if ff or fb:
             age = (self.step - np.arange(self.mem)) % self.mem  # ring slot k holds the projection of step - age[k]
             trace_weights = (self._decays[:, None] ** (age + 1)).astype(self.dtype)
-        for l, p in enumerate(self.ff):
-            if p.spiking:
+            for l, p in ff:
                 p.reproject(weights.WT[l], trace_weights)
-        for l, p in enumerate(self.fb):
-            if p.spiking:
+            for l, p in fb:
                 p.reproject(weights.YT[l], trace_weights)
 
 
