@@ -3,14 +3,16 @@
 :class:`Config` holds every number and switch of a network (names as in the
 paper and its reference code); :func:`validate` rejects invalid combinations
 with an :class:`~bioplaus.errors.InvalidConfigurationError` naming the
-parameters; the model's fixed constants (plateau offsets, Wald phase-length
-extension, sparse-feedback gain, symmetric-weight noise) are defined here
-once. Equations: Guerguiev, Lillicrap & Richards (2017), eLife 6:e22901.
+parameters; :class:`ConfigCache` keeps the last validated one for as long
+as the parameters it came from are unchanged; the model's fixed constants
+(plateau offsets, Wald phase-length extension, sparse-feedback gain,
+symmetric-weight noise) are defined here once. Equations: Guerguiev, Lillicrap & Richards (2017), eLife 6:e22901.
 """
 
 from __future__ import annotations
 
 import numbers
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,8 +172,92 @@ def settle_rule(phase_length: int) -> int:
     return L - min(SETTLE_MAX, L // 2)
 
 
+#: The estimator parameters :func:`make_config` reads (the others, ``epochs``, ``shuffle``,
+#: ``dtype``, ``random_state``, do not enter a :class:`Config`).
+CONFIG_PARAMS = (
+    "hidden_layer_sizes", "units_per_class", "dt", "l_f_phase", "l_t_phase", "l_f_phase_test",
+    "integration_time", "integration_time_test", "mem", "lambda_max", "tau_s", "tau_L", "g_B", "g_A",
+    "E_E", "E_I", "f_etas", "b_etas", *SWITCHES, "use_rand_phase_lengths", "use_rand_plateau_times",
+    "use_backprop", "batch_size", "test_batch_size", "record_alignment",
+)
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+_IMMUTABLE_SCALARS = (bool, int, float, str, type(None))
+
+
+def _frozen(value):
+    t = type(value)
+    if t is float:  # hex tells -0.0 from 0.0
+        return t, value.hex()
+    if t in _IMMUTABLE_SCALARS:
+        return t, value
+    if t in (tuple, list):
+        return t, tuple(_frozen(v) for v in value)
+    if isinstance(value, np.generic):
+        return t, _frozen(value.item())
+    if t is np.ndarray:
+        return t, value.dtype.str, value.shape, value.tobytes()
+    raise _Uncacheable
+
+
+def _immutable(value):
+    t = type(value)
+    return t in _IMMUTABLE_SCALARS or (t is tuple and all(map(_immutable, value))) or \
+        (isinstance(value, np.generic) and not isinstance(value, np.void))
+
+
+def param_values(params):
+    """The values of :data:`CONFIG_PARAMS` in ``params`` (a mapping), as a tuple in that order."""
+    return tuple(map(params.__getitem__, CONFIG_PARAMS))
+
+
+class ConfigCache:
+    """The last :class:`Config` built by :func:`make_config`, and when it may be reused.
+
+    :meth:`get` returns it only if the parameter values :func:`make_config`
+    reads are what they were, and the data shape is the same: when every value
+    then was immutable (numbers, strings, None, NumPy scalars, tuples of those),
+    it suffices that each is the very same object (an identity test per value);
+    otherwise (lists, arrays) the values are compared with a snapshot taken then
+    (type and value; floats bit for bit, so -0.0 is not 0.0; sequences element
+    by element, so a list changed in place is seen). A value of any other type
+    is never cached. Equal values give an equal configuration: make_config
+    reads nothing else.
+    """
+
+    def __init__(self):
+        self._values = self._snapshot = self._cfg = self._shape = None
+        self._by_identity = False
+
+    def get(self, values, shape):
+        """The cached :class:`Config` for ``values`` (:func:`param_values`) and ``shape``, or None."""
+        if self._cfg is None or shape != self._shape or len(values) != len(self._values):
+            return None
+        if self._by_identity:
+            return self._cfg if all(map(operator.is_, values, self._values)) else None
+        try:
+            same = tuple(map(_frozen, values)) == self._snapshot
+        except _Uncacheable:
+            return None
+        return self._cfg if same else None
+
+    def put(self, values, shape, cfg):
+        try:
+            self._snapshot = tuple(map(_frozen, values))
+        except _Uncacheable:
+            self._cfg = None
+            return
+        self._values, self._shape, self._cfg = values, shape, cfg
+        self._by_identity = all(map(_immutable, values))
+
+
 def make_config(params, n_in, n_classes):
-    """Validated :class:`Config` from an estimator's parameters (``get_params()``) and the data shape."""
+    """Validated :class:`Config` from an estimator's parameters (``get_params()``, or any mapping
+    holding at least :data:`CONFIG_PARAMS`) and the data shape."""
     def integer(name, value, low=1):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral | float | np.floating) \
                 or value != int(value) or int(value) < low:

@@ -19,6 +19,14 @@ PSPs, somatic potentials and output error; the control's error backpropagated
 through the layer above as already moved by the batch, as the control does),
 averaged per ``partial_fit`` call into ``alignment_``.
 
+Repeated calls (a ``partial_fit`` on one example, a ``predict`` on one row)
+pay little beyond the simulation: the validated configuration, the
+simulator, the test streams and a small test state are kept between calls
+(and rebuilt when a parameter changed), plain NumPy input takes a cheap path
+through scikit-learn's checks (:mod:`bioplaus.models._inputs`, same errors),
+and the weights' finiteness is known without reading them again
+(:class:`~.state.Weights`). None of it changes a number.
+
 Choices where the specification is silent (all documented in the core too):
 training voltages and spike histories carry over from one example to the next
 (as in the reference code) and across ``partial_fit`` calls; testing clears
@@ -50,12 +58,20 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classi
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bioplaus.errors import InvalidConfigurationError
+from bioplaus.models import _inputs
 from bioplaus.models.segdend import simulator as core
-from bioplaus.models.segdend.config import make_config
+from bioplaus.models.segdend.config import ConfigCache, make_config, param_values
 from bioplaus.models.segdend.state import State, Weights, slice_state, write_back
 from bioplaus.models._threads import one_blas_thread
 
 __all__ = ["SegregatedDendriteClassifier"]
+
+#: The attribute holding what repeated calls would otherwise rebuild (``_config``, ``_simulator``,
+#: ``_test_streams``, ``_test_state``): one dict, filled in place (so that ``predict`` leaves
+#: ``__dict__`` as it was); derived data only, emptied in pickles and rebuilt on demand.
+_CACHES = "_call_caches"
+#: A test state is kept between ``predict`` calls for at most this many rows and bytes.
+_TEST_STATE_ROWS, _TEST_STATE_BYTES = 64, 1 << 20
 
 class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     """Segregated-dendrite network trained by its local plateau-potential rule.
@@ -171,6 +187,51 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         """Validated :class:`~.config.Config` from the current parameters."""
         return make_config(self.get_params(deep=False), n_in, n_classes)
 
+    def _config(self, n_in, n_classes):
+        """:meth:`_make_config`, cached while the parameters it reads keep their values
+        (:class:`~.config.ConfigCache`): a change by ``set_params``, by assignment or in
+        place is seen at the next call."""
+        try:
+            values = param_values(vars(self))
+        except KeyError:  # a parameter attribute is missing: let get_params say so
+            return self._make_config(n_in, n_classes)
+        cache = self.__dict__.setdefault(_CACHES, {}).setdefault("config", ConfigCache())
+        cfg = cache.get(values, (n_in, n_classes))
+        if cfg is None:
+            cfg = self._make_config(n_in, n_classes)
+            cache.put(values, (n_in, n_classes), cfg)
+        return cfg
+
+    def _simulator(self, cfg, dtype):
+        """The :class:`~.simulator.Simulator` of ``cfg`` (the very object :meth:`_config` returned)
+        and ``dtype``, kept between calls (it holds only constants and caches derived from them)."""
+        caches = self.__dict__.setdefault(_CACHES, {})
+        cached = caches.get("simulator")
+        if cached is None or cached[0] is not cfg or cached[1] != dtype:
+            cached = caches["simulator"] = (cfg, dtype, core.Simulator(cfg, dtype))
+        return cached[2]
+
+    def _test_streams(self, dtype):
+        """Random streams of testing, as ``RandomStreams(default_rng(test seed), dtype)`` builds
+        them afresh for every call: one object, rewound to that state at each call."""
+        caches = self.__dict__.setdefault(_CACHES, {})
+        cached = caches.get("test_streams")
+        if cached is None or cached[0] is not self._test_seed or cached[1].dtype != dtype:
+            streams = core.RandomStreams(np.random.default_rng(self._test_seed), dtype)
+            cached = caches["test_streams"] = (self._test_seed, streams, streams.spike_counter,
+                                               streams.rng.bit_generator.state)
+        else:
+            streams = cached[1]
+            streams.spike_counter = cached[2]
+            streams.rng.bit_generator.state = cached[3]
+        return streams
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        if _CACHES in state:
+            state[_CACHES] = {}
+        return state
+
     # ------------------------------------------------------------ fitting
 
     def _initialize(self, cfg, dtype):
@@ -182,7 +243,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         self._test_seed = test_ss
         self._state = None
         self._state_key = None
-        self._structure = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)
+        self._structure = self._structure_of(cfg, dtype)
         self.diverged_ = False
         self.n_examples_seen_ = 0
         self.loss_curve_ = []
@@ -193,7 +254,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         """One pass over ``X`` in order, ``batch_size`` examples at a time."""
         dtype = self._weights.WT[0].dtype
         B = int(self.batch_size)
-        sim = core.Simulator(cfg, dtype)
+        sim = self._simulator(cfg, dtype)
         k = cfg.units_per_class
         n_out = cfg.sizes[-1]
         # a batch of few examples is matrix-vector work: extra BLAS threads only cost
@@ -201,6 +262,12 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         record = [] if self.record_alignment else None  # None: no angle is computed
         with limits:
             self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
+            if not self.diverged_ and int(self._weights.pending_m.max()) <= 1:
+                # the check below applies pending updates first; one example's (a BLAS ger, the same
+                # numbers with any number of threads) is cheaper applied here, where one thread runs.
+                # A product of higher rank (gemm) may round differently with other thread counts, so
+                # it stays where it was, under the caller's setting.
+                self._weights.flush()
         if not self.diverged_ and not self._weights.all_finite():
             self.diverged_ = True
         if record:  # mean over the batches whose angle is defined, per hidden layer
@@ -218,6 +285,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             all_targets[np.arange(X.shape[0]), y_idx * k + j] = 1
         key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
                cfg.use_broadcast)
+        if self._state is not None:  # the time constants may have changed since the last call
+            self._state.retime(cfg, self._weights)
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected, not warned
             for start in range(0, X.shape[0], B):
                 if self.diverged_:
@@ -244,12 +313,19 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         if not finite:
             self.diverged_ = True
 
+    @staticmethod
+    def _structure_of(cfg, dtype):
+        """What fixes the weights' shapes: sizes, sparse masks, feedback biases, dtype, and each hidden
+        layer's feedback source (``use_broadcast`` with two or more hidden layers)."""
+        sources = tuple(cfg.feedback_source(l) for l in range(cfg.n_layers - 1))
+        return (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype, sources)
+
     def _check_structure(self, cfg, dtype):
-        new = (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype)
-        if new != self._structure:
+        if self._structure_of(cfg, dtype) != self._structure:
             raise InvalidConfigurationError(
                 "partial_fit cannot change the network's structure (hidden_layer_sizes, units_per_class, "
-                "use_sparse_feedback, use_feedback_bias, dtype) after the first call; call fit instead")
+                "use_sparse_feedback, use_feedback_bias, dtype, use_broadcast with two or more hidden "
+                "layers) after the first call; call fit instead")
 
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch (X: (n, n_features) in [0, 1])."""
@@ -260,7 +336,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             raise InvalidConfigurationError(f"epochs must be a non-negative integer, got {epochs!r}")
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         dtype = self._float_dtype()
-        cfg = self._make_config(X.shape[1], len(self.classes_))
+        cfg = self._config(X.shape[1], len(self.classes_))
         self._initialize(cfg, dtype)
         X = np.asarray(X, dtype=dtype)
         for _ in range(int(epochs)):
@@ -278,14 +354,14 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         change the weight shapes) apply from this call on.
         """
         first = _check_partial_fit_first_call(self, classes)
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=first)
-        check_classification_targets(y)
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(f"labels {unknown.tolist()} are not in classes={self.classes_.tolist()}")
-        y_idx = np.searchsorted(self.classes_, y)
+        if first:
+            X, y = validate_data(self, X, y, dtype=list(_inputs.FLOAT_DTYPES), reset=True)
+            check_classification_targets(y)
+            y_idx = _inputs.label_indices(self.classes_, y)
+        else:  # scikit-learn's checks, with a cheap path for plain arrays (same errors)
+            X, y_idx = _inputs.labelled_rows(self, X, y)
         dtype = self._float_dtype()
-        cfg = self._make_config(X.shape[1], len(self.classes_))
+        cfg = self._config(X.shape[1], len(self.classes_))
         if first:
             self._initialize(cfg, dtype)
         else:
@@ -297,27 +373,44 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ prediction
 
     def _test_config(self):
-        return self._make_config(self.n_features_in_, len(self.classes_))
+        return self._config(self.n_features_in_, len(self.classes_))
 
     def class_scores(self, X):
         """Mean somatic potential of each class's output units over the test window, ``(n, n_classes)``."""
-        check_is_fitted(self, "classes_")
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        if not hasattr(self, "classes_"):
+            check_is_fitted(self, "classes_")
+        X = _inputs.rows(self, X)
         n_classes = len(self.classes_)
         if self.diverged_:
             return np.zeros((X.shape[0], n_classes))
         cfg = self._test_config()
         dtype = self._weights.WT[0].dtype
-        sim = core.Simulator(cfg, dtype)
-        streams = core.RandomStreams(np.random.default_rng(self._test_seed), dtype)
+        sim = self._simulator(cfg, dtype)
+        streams = self._test_streams(dtype)
         X = np.asarray(X, dtype=dtype)
         chunk = max(1, min(int(self.test_batch_size), int(4e7 // max(1, cfg.mem * max(cfg.sizes)))))
         out = np.empty((X.shape[0], n_classes), dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             for s in range(0, X.shape[0], chunk):
-                C = sim.output_scores(self._weights, X[s:s + chunk], streams)
+                rows = X[s:s + chunk]
+                C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]))
                 out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
+
+    def _test_state(self, sim, n):
+        """A test state of ``sim`` for ``n`` rows kept between calls when it is small
+        (at most ``_TEST_STATE_BYTES``: calls on a few rows), else None (a new one per call)."""
+        caches = self.__dict__.setdefault(_CACHES, {})
+        cached = caches.get("test_state")
+        if cached is not None and cached[0] is sim and cached[1] == n:
+            return cached[2]
+        if n > _TEST_STATE_ROWS:
+            return None
+        st = sim.test_state(n)
+        if st.nbytes() > _TEST_STATE_BYTES:
+            return None
+        caches["test_state"] = (sim, n, st)
+        return st
 
     def predict(self, X):
         """Class with the largest mean output potential (at chance, uniformly at random, if diverged)."""
@@ -341,6 +434,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     def W_(self):
         check_is_fitted(self, "classes_")
         self._weights.flush()
+        self._weights.touched()  # views of the weights go out: their bounds cannot be trusted
         return [w.T for w in self._weights.WT]
 
     @property

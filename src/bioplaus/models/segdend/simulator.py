@@ -59,6 +59,9 @@ from bioplaus.models.segdend.config import NOISY_SYMMETRIC_SD, SPARSE_GAIN
 from bioplaus.models.segdend import state as _state
 from bioplaus.models.segdend.state import State, Weights, padded, rank_update
 
+_NO_KEY = np.uint64(0)  # the spike key argument when uniforms come from an array
+
+
 def sigmoid(x):
     """Logistic function, overflow-free (``0.5 + 0.5 tanh(x / 2)``)."""
     return 0.5 + 0.5 * np.tanh(0.5 * x)
@@ -171,6 +174,9 @@ class Simulator:
         self._no_plateau = padded([], cfg.n_layers, np.zeros((1, 1), np.int64), -1)
         self._no_history = np.zeros(cfg.mem, self.dtype)
         self._mode_cache, self._scale_cache = {}, {}
+        self._lambda_max = self.dtype.type(cfg.lambda_max)
+        # the compiled loop's spike-time PSP weights when no spike is consumed (rate mode)
+        self._no_psp = (self._dummy1, 0, self._dummy1, 0, self._no_history, self._no_history)
 
     # -- helpers ---------------------------------------------------------
 
@@ -236,17 +242,19 @@ class Simulator:
             np.exp(st.p0, out=st.p0)
             st.p0_valid = True
         # spike-time weights of the mean PSP (spiking paths), and of the ring's spikes before the phase
-        psp = [(0, self._dummy1, self._no_history)] * 2
-        for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
-                        (1, need_fb_psp and cfg.use_spiking_feedback)):
-            if on:
-                off, wv = self._psp_weights(L_phase, T, lag)
-                hist_w = np.zeros(mem, dt)
-                for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
-                    if -age - off >= 0:
-                        hist_w[(st.step - age) % mem] = wv[-age - off]
-                psp[lag] = (off, wv, hist_w)
-        psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
+        psp_args = self._no_psp
+        if (collect_psp and cfg.use_spiking_feedforward) or (need_fb_psp and cfg.use_spiking_feedback):
+            psp = [(0, self._dummy1, self._no_history)] * 2
+            for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
+                            (1, need_fb_psp and cfg.use_spiking_feedback)):
+                if on:
+                    off, wv = self._psp_weights(L_phase, T, lag)
+                    hist_w = np.zeros(mem, dt)
+                    for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
+                        if -age - off >= 0:
+                            hist_w[(st.step - age) % mem] = wv[-age - off]
+                    psp[lag] = (off, wv, hist_w)
+            psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
         start = L_phase - T + 1
         per_step, u_off = st.u_per_step, st.u_off
         t, step = 1, st.step
@@ -261,7 +269,7 @@ class Simulator:
             t_last = min(L_phase, t + block - 1)
             U = (streams.uniform((t_last - t + 1, per_step)).astype(dt, copy=False).reshape(-1) if per_step
                  else self._dummy1)
-            step, done = _kernel.phase_steps(t, t_last, L_phase, start, step, *head, *sums, U, 0, np.uint64(0), 0,
+            step, done = _kernel.phase_steps(t, t_last, L_phase, start, step, *head, *sums, U, 0, _NO_KEY, 0,
                                              u_off, per_step, *psp_args)
             if done:
                 break
@@ -271,13 +279,14 @@ class Simulator:
 
     def _update_modes(self, w, defer):
         """Per layer, how an online update is applied (see ``_kernel.online_update``),
-        and the layers whose updates are queued."""
-        key = (defer, tuple(x.size for x in w.WT))
+        the layers whose updates are queued (mode 1) and those written directly (the others)."""
+        key = (defer, _state.DEFER_MIN_SIZE)
         cached = self._mode_cache.get(key)
-        if cached is None:
+        if cached is None or cached[0] is not w.WT:  # (a Weights' matrices keep their shapes)
             modes = np.array([(1 if defer else 0) if x.size >= _state.DEFER_MIN_SIZE else 2 for x in w.WT], np.int64)
-            cached = self._mode_cache[key] = (modes, [l for l, m in enumerate(modes) if m == 1])
-        return cached
+            cached = self._mode_cache[key] = (w.WT, modes, [l for l, m in enumerate(modes) if m == 1],
+                                              [l for l, m in enumerate(modes) if m != 1])
+        return cached[1:]
 
     def _scales(self, f_etas):
         """Per layer, the forward learning rate times the layer's P factor (cached)."""
@@ -292,11 +301,12 @@ class Simulator:
 
     def _phase_arrays(self, st, w, switches):
         """Leading arguments of the compiled loop (switches, constants, weights, state), the
-        window-sum arrays and the result dict of one kind of phase; cached on the state."""
+        window-sum arrays and the result dict of one kind of phase; cached on the state for
+        this simulator (whose configuration gives the switches and constants) and these weights."""
         ka = w.kernel_arrays()
         cached = st.phase_cache.get(switches)
-        if cached is not None and cached[0] is ka:
-            return cached[1:]
+        if cached is not None and cached[0] is ka and cached[1] is self:
+            return cached[2:]
         cfg, dt = self.cfg, self.dtype
         nL, B, sizes = cfg.n_layers, st.B, cfg.sizes
         teach, collect_A, collect_lam, collect_psp, need_fb_psp, plateau = switches
@@ -311,8 +321,8 @@ class Simulator:
               else (self._no_plateau,) * 2)
         head = (cfg.mem, nL, flags, self._fb_src, self._consts, self._decay,
                 *ka, *st.kernel_arrays, st.target, *pl)
-        if cached is not None:  # same state, new weight arrays: keep the sums
-            sums, out = cached[2], cached[3]
+        if cached is not None:  # same state, new weight arrays or configuration: keep the sums
+            sums, out = cached[3], cached[4]
         else:
             C_sum = [np.zeros((B, n), dt) for n in sizes[1:]]
             A_sum = [np.zeros((B, n), dt) for n in sizes[1:-1]] if collect_A else []
@@ -330,16 +340,15 @@ class Simulator:
                 out["psp_ff"] = psp_ff
                 if need_fb_psp:
                     out["psp_fb"] = psp_fb
-        st.phase_cache[switches] = (ka, head, sums, out)
+        st.phase_cache[switches] = (ka, self, head, sums, out)
         return head, sums, out
 
     # -- training ----------------------------------------------------------
 
     def set_input(self, st: State, X):
         """Present inputs ``X`` (B, n_in), pixel values in [0, 1]: rates ``lambda_max * X``."""
-        src = st.sources[0]
-        np.multiply(X, self.dtype.type(self.cfg.lambda_max), out=src.rates)
-        src.version += 1
+        np.multiply(X, self._lambda_max, out=st.sources[0].rates)
+        st.versions[0] += 1  # the input's version (``st.sources[0].version``)
         st.p0_valid = False
 
     def train_batch(self, st: State, w: Weights, X, targets, streams: RandomStreams,
@@ -394,12 +403,14 @@ class Simulator:
         if alignment is not None:  # the control's hidden errors, before any weight moves
             bp_errors = self._backprop_hidden_errors(w, fsums[0], fwd["psp_ff"], E, scales, B)
         if cfg.use_backprop:
+            w.touched()
             self._backprop_updates(w, fsums[0], fwd["psp_ff"], E, scales, B)
         elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
-            mode, deferred = self._update_modes(w, defer)
+            mode, deferred, direct = self._update_modes(w, defer)
             if w.ensure_pending(deferred):
                 WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+            w.touched(direct)  # the queued layers (mode 1) change only by flushes
             _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
                 if mode[l] == 0:
@@ -407,6 +418,7 @@ class Simulator:
                 elif mode[l] == 1 and pending_m[l] == _state.DEFER_RANK:
                     w.flush(l)
         else:
+            w.touched()
             for l in range(nL):
                 w.flush(l)
                 rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
@@ -428,7 +440,7 @@ class Simulator:
                 noise = lambda shape: streams.normal(NOISY_SYMMETRIC_SD, shape)  # noqa: E731
             w.impose_symmetry(cfg, noise)
         st.reproject(w)
-        finite = bool(np.isfinite(st.sources[-1].rates.sum())) and bool(np.isfinite(w.b[0].sum()))
+        finite = math.isfinite(st.sources[-1].rates.sum()) and math.isfinite(w.b[0].sum())
         return loss, finite
 
     def _backprop_updates(self, w, C_f, psp_ff, E, scales, B):
@@ -487,16 +499,26 @@ class Simulator:
 
     # -- testing -----------------------------------------------------------
 
-    def output_scores(self, w: Weights, X, streams: RandomStreams | None):
+    def test_state(self, n):
+        """A new state for testing ``n`` rows side by side (:meth:`output_scores`)."""
+        cfg = self.cfg
+        return State(cfg, n, self.dtype, apical=cfg.use_conductances and cfg.use_apical_conductance)
+
+    def output_scores(self, w: Weights, X, streams: RandomStreams | None, state: State | None = None):
         """Mean output somatic potential over the test window, ``(n, n_out)``.
 
         Voltages and spike histories are cleared before each example (a fresh
-        state per call); all rows are simulated side by side.
+        state per call, or ``state``, one of :meth:`test_state` for ``n`` rows,
+        cleared: the same numbers; the returned array then belongs to it and is
+        overwritten by its next use); all rows are simulated side by side.
         """
         cfg = self.cfg
         w.flush()
-        apical = cfg.use_conductances and cfg.use_apical_conductance
-        st = State(cfg, X.shape[0], self.dtype, apical=apical)
+        if state is None:
+            st = self.test_state(X.shape[0])
+        else:
+            st = state
+            st.clear()
         st.reproject(w)
         self.set_input(st, X)
         res = self.run_phase(st, w, cfg.l_f_phase_test, cfg.integration_time_test, streams=streams,

@@ -60,6 +60,13 @@ class Weights:
     ``pending_m[l]``); readers other than the simulator's rate-mode drive
     call :meth:`flush` first. Arrays are updated in place, except ``YT``
     under symmetric feedback (replaced: :meth:`impose_symmetry`).
+
+    Finiteness (:meth:`all_finite`) of a matrix with pending updates is known
+    without reading it again while it changes only by :meth:`flush`: a bound
+    of its largest magnitude, taken when it was last read, grows with each
+    flushed update by what that update can add (rounding included), and
+    while the bound stays below half the dtype's largest number nothing can
+    have overflowed. Every other writer of ``WT`` calls :meth:`touched` first.
     """
 
     def __init__(self, WT, b, YT, c, masks):
@@ -67,6 +74,13 @@ class Weights:
         self.pending = [None] * len(WT)
         self.pending_m = np.zeros(len(WT), np.int64)
         self._kernel_arrays = None
+        self._bounds = [None] * len(WT)  # per layer: >= max |WT[l]|, all finite; None = unknown
+
+    def touched(self, layers=None):
+        """``WT`` of ``layers`` (all if None) is about to change other than by :meth:`flush`:
+        forget its magnitude bound (the next :meth:`all_finite` reads it)."""
+        for l in range(len(self.WT)) if layers is None else layers:
+            self._bounds[l] = None
 
     def kernel_arrays(self):
         """Tuples of this network's arrays for the compiled loop (see ``_kernel``)."""
@@ -96,7 +110,10 @@ class Weights:
             m = self.pending_m[l]
             if m:
                 pend = self.pending[l]
-                rank_update(self.WT[l], pend.P[:m], pend.Q[:m], 1.0)
+                P, Q = pend.P[:m], pend.Q[:m]
+                if self._bounds[l] is not None:
+                    self._bounds[l] = _grown_bound(self._bounds[l], P, Q, self.WT[l].dtype)
+                rank_update(self.WT[l], P, Q, 1.0)
                 self.pending_m[l] = 0
 
     @classmethod
@@ -179,8 +196,43 @@ class Weights:
         return Weights(cp(self.WT), cp(self.b), cp(self.YT), cp(self.c), cp(self.masks))
 
     def all_finite(self):
+        """True if no weight or bias is NaN or infinite (pending updates applied first)."""
         self.flush()
-        return all(np.isfinite(x).all() for x in (*self.WT, *self.b, *self.YT, *self.c) if x is not None)
+        for l, x in enumerate(self.WT):
+            if self._bounds[l] is not None:  # finite: see the class docstring
+                continue
+            if self.pending[l] is None:
+                if not np.isfinite(x).all():
+                    return False
+                continue
+            hi, lo = float(x.max()), float(x.min())  # NaN if any is NaN
+            if not (math.isfinite(hi) and math.isfinite(lo)):
+                return False
+            bound = max(hi, -lo)
+            self._bounds[l] = bound if bound < _bound_limit(x.dtype) else None
+        return all(np.isfinite(x).all() for x in (*self.b, *self.YT, *self.c) if x is not None)
+
+
+def _bound_limit(dtype):
+    return 0.5 * float(np.finfo(dtype).max)
+
+
+def _grown_bound(bound, P, Q, dtype):
+    """A bound of ``max |W + P^T Q|`` as BLAS computes it in ``dtype`` (``P`` (m, n), ``Q`` (m, k)),
+    given ``bound >= max |W|``; None when it is not below :func:`_bound_limit` (or not finite).
+
+    Each entry is ``w + sum_k q_k p_k`` formed by m + 1 multiplications and additions (BLAS
+    may fuse them), so its magnitude, and that of every partial sum, is at most
+    ``(|w| + sum_k |q_k| |p_k|) (1 + u)^(m+1)`` with ``u = eps / 2`` the unit round-off, and
+    ``sum_k |q_k| |p_k| <= sum_k max|q_k| max|p_k|``. The float64 arithmetic here errs by far
+    less than the 1e-12 added; below the limit nothing can overflow, so ``W`` stays finite.
+    """
+    m = P.shape[0]
+    with np.errstate(all="ignore"):
+        inc = float(np.dot(np.abs(P).max(axis=1).astype(np.float64), np.abs(Q).max(axis=1).astype(np.float64)))
+    eps = float(np.finfo(dtype).eps)
+    new = (bound + inc) * (1.0 + (m + 2) * eps) * (1.0 + 1e-12)
+    return new if new < _bound_limit(dtype) else None  # NaN fails the test too
 
 
 def padded(xs, n_layers, dummy, extra=0):
@@ -314,6 +366,8 @@ class State:
         self.fb = [_Pathway(self.sources[cfg.feedback_source(l) + 1], cfg.use_spiking_feedback and apical, B,
                             sizes[l + 1], mem, dtype, self.fb_seen, l) for l in range(L - 1)]
         self.step = 0  # global step counter; slot of step g is g % mem
+        self._spiking_paths = ([(l, p) for l, p in enumerate(self.ff) if p.spiking],
+                               [(l, p) for l, p in enumerate(self.fb) if p.spiking])
         # the input's exp(-rate), valid while the input is fixed (spiking feedforward)
         self.p0 = np.zeros((B, sizes[0]), dtype)
         self.p0_valid = False
@@ -340,22 +394,75 @@ class State:
             padded([d3 if p.trace is None else p.trace for p in self.ff], L, d3), self.ff_seen,
             padded([d3 if q.proj is None else q.proj for q in self.fb], L, d3, -1),
             padded([d3 if q.trace is None else q.trace for q in self.fb], L, d3, -1), self.fb_seen)
-        self._decays = np.exp(-1.0 / np.array([cfg.tau_L, cfg.tau_s]))
+        self._taus = (cfg.tau_L, cfg.tau_s)
+        self._decays = np.exp(-1.0 / np.array(self._taus))
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_spiking_paths" not in state:  # pickled by an earlier version: derived attributes
+            self._spiking_paths = ([(l, p) for l, p in enumerate(self.ff) if p.spiking],
+                                   [(l, p) for l, p in enumerate(self.fb) if p.spiking])
+            self._taus = None
+
+    def retime(self, cfg: Config, weights: Weights):
+        """Follow a change of the PSP time constants (``tau_L``, ``tau_s``, by ``set_params``
+        between calls): the traces are formed again from the ring of projections with the new
+        decays, as the compiled loop advances them from now on (nothing to do if unchanged)."""
+        if self._taus is None:  # a state pickled before time constants were followed
+            self._taus = (cfg.tau_L, cfg.tau_s)
+        if (cfg.tau_L, cfg.tau_s) != self._taus:
+            self._taus = (cfg.tau_L, cfg.tau_s)
+            self._decays = np.exp(-1.0 / np.array(self._taus))
+            self.reproject(weights)
+
+    def clear(self):
+        """Back to what a new ``State`` of the same arguments holds (every potential, rate, spike,
+        projection, trace, window and counter as at construction); only the compiled loop's
+        argument cache (``phase_cache``) is kept, whose window sums each phase empties at its
+        start. Cheaper than building a state for a call on a few rows (testing)."""
+        for src in self.sources:
+            src.rates.fill(0)
+            if src.hist is not None:
+                src.hist.fill(0)
+        for p in (*self.ff, *self.fb):
+            p.drive.fill(0)
+            if p.proj is not None:
+                p.proj.fill(0)
+                p.trace.fill(0)
+        for x in (*self.C, *self.A, *self.plateau_end, *self.plateau_start):
+            x.fill(0)
+        self.versions.fill(0)
+        self.ff_seen.fill(-1)
+        self.fb_seen.fill(-1)
+        self.step = 0
+        self.p0.fill(0)
+        self.p0_valid = False
+        self.errors = None
+        self.target.fill(0)
+
+    def nbytes(self):
+        """Bytes of the state's arrays (their sizes, not counting the phase cache)."""
+        arrays = [self.p0, self.target, self.versions, self.ff_seen, self.fb_seen, *self.C, *self.A,
+                  *self.plateau_end, *self.plateau_start]
+        for src in self.sources:
+            arrays += [src.rates] + ([] if src.hist is None else [src.hist])
+        for p in (*self.ff, *self.fb):
+            arrays += [p.drive] + ([] if p.proj is None else [p.proj, p.trace])
+        return sum(x.nbytes for x in arrays)
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
-        if any(p.spiking for p in self.ff):
+        ff, fb = self._spiking_paths
+        if ff:
             weights.flush()
-        self.ff_seen[:] = -1
-        self.fb_seen[:] = -1
-        if any(p.spiking for p in self.ff + self.fb):
+        self.ff_seen.fill(-1)
+        self.fb_seen.fill(-1)
+        if ff or fb:
             age = (self.step - np.arange(self.mem)) % self.mem  # ring slot k holds the projection of step - age[k]
             trace_weights = (self._decays[:, None] ** (age + 1)).astype(self.dtype)
-        for l, p in enumerate(self.ff):
-            if p.spiking:
+            for l, p in ff:
                 p.reproject(weights.WT[l], trace_weights)
-        for l, p in enumerate(self.fb):
-            if p.spiking:
+            for l, p in fb:
                 p.reproject(weights.YT[l], trace_weights)
 
 
