@@ -46,6 +46,8 @@ OPTIONS = {
     "dtype": {"type": "string", "enum": ["float32", "float64"], "description": "floating-point precision"},
     "units_per_class": {"type": "integer", "minimum": 1, "description": "output units per class"},
     "test_batch_size": {"type": "integer", "minimum": 1, "description": "examples simulated side by side when testing"},
+    "max_state_mb": {"type": "number", "exclusiveMinimum": 0,
+                     "description": "bound (MiB) of a test batch's simulation state (rows simulated in groups, same spikes)"},
     "record_alignment": {"type": "boolean",
                          "description": "record the angle between the rule's hidden updates and the backprop "
                                         "control's (use_backprop) from the same simulated state"},
