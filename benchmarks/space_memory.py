@@ -94,6 +94,10 @@ LARGEST = {
                           **{f"k_{i}": 2 for i in range(1, 6)}, "stride": 1, "padding": 3}, 1000),
         ("largest kernel", {"batch_size": 500, "num_layers": 2, **{f"ch_{i}": 64 for i in range(1, 6)},
                             **{f"k_{i}": 10 for i in range(1, 6)}, "stride": 1, "padding": 3}, 1000),
+        # one block: its patches are small (k*k*c = 4 per position), so a test chunk holds thousands
+        # of images, whose 33x33x64 maps are 16 times the patches
+        ("one wide block", {"batch_size": 500, "num_layers": 1, **{f"ch_{i}": 64 for i in range(1, 6)},
+                            **{f"k_{i}": 2 for i in range(1, 6)}, "stride": 1, "padding": 3}, None),
     ],
     "segdend": [
         ("largest", {"num_layers": 6, **{f"h_l_{i}": 500 for i in range(1, 7)}, "dt": 0.1,

@@ -172,3 +172,37 @@ def test_training_step_peak_is_the_declared_one(geometry, n, budget):
         shape = (f, ph, pw)
     # measured here: 1.7-2.6 convolution outputs besides the kept patches; 2.8-3.7 before fusion
     assert measured - kept_patches < 2.75 * conv_outputs
+
+
+def test_prediction_chunk_bounds_the_outputs_too():
+    """One block of 64 channels with kernel 2 on one input channel: 4 patch entries per position
+    against 64 outputs. A prediction chunk sized by the patches alone held 16 times the budget in
+    convolution outputs; sized by both, a predict call stays within twice the budget."""
+    from bioplaus.models.cnn.estimator import CNNClassifier
+
+    rng = np.random.default_rng(6)
+    X = rng.random((600, 28 * 28), dtype=np.float32)
+    y = rng.integers(0, 10, 600)
+    budget_mb = 4
+    est = CNNClassifier(n_blocks=1, channels=64, kernel_sizes=2, padding=3, batch_size=50, epochs=1,
+                        input_shape=(1, 28, 28), max_patch_mb=budget_mb, random_state=0).fit(X[:100], y[:100])
+    assert est._predict_chunk() * 2 * 33 * 33 * 64 * 4 <= budget_mb * 2**20
+    whole = clone_with(est, predict_batch_size=600).predict_proba(X)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        proba = est.predict_proba(X)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * budget_mb * 2**20, peak
+    # other chunks change only the float32 rounding of the convolution products
+    np.testing.assert_allclose(proba, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(proba.argmax(axis=1), whole.argmax(axis=1))
+
+
+def clone_with(est, **params):
+    """A fitted estimator's copy with other (prediction) parameters."""
+    import copy
+
+    return copy.deepcopy(est).set_params(**params)

@@ -227,11 +227,12 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y, mean, var, cache
 
 
-def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
-    """Batch norm with running statistics (prediction). x: ``(m, f)``."""
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out=None):
+    """Batch norm with running statistics (prediction). x: ``(m, f)``; the
+    result is written into ``out`` when given (``out=x``: in place)."""
     scale = gamma / np.sqrt(running_var + eps)
     shift = beta - running_mean * scale
-    y = x * scale.astype(x.dtype, copy=False)
+    y = np.multiply(x, scale.astype(x.dtype, copy=False), out=out)
     y += shift.astype(x.dtype, copy=False)
     return y
 

@@ -243,9 +243,10 @@ class ConvNet:
                 z, _ = L.conv_forward(x, weight, self.stride, self.padding,
                                       self.max_patch_bytes)
                 n, h, wd, f = z.shape
-                zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i],
-                                              self.bn_betas[i], self.running_means[i],
-                                              self.running_vars[i], BN_EPS)
+                z2 = z.reshape(-1, f)
+                zn = L.batchnorm_forward_eval(z2, self.bn_gammas[i], self.bn_betas[i],
+                                              self.running_means[i], self.running_vars[i],
+                                              BN_EPS, out=z2)
                 x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
             return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight,
                                     self.linear_bias)
