@@ -70,12 +70,18 @@ def study_threads():
 
 
 def study_mem_mb(wildcards, threads):
-    """The config's mem_mb of the dataset, else bioplaus.study.resources.study_mem_mb (parent, fold processes, data)."""
+    """The config's mem_mb of the dataset, else bioplaus.study.resources.study_mem_mb (parent, fold processes
+    with the model's declared peak, data)."""
+    from bioplaus.models import get_model
+
     declared = (config.get("mem_mb") or {}).get(wildcards.dataset)  # optional key: no default
     if declared:
         return int(declared)
-    nbytes = dataset_info(wildcards.dataset).prepared_nbytes(dataset_opts(wildcards.dataset).get("max_samples"))
-    return resources.study_mem_mb(threads, config["n_folds"], nbytes)
+    info = dataset_info(wildcards.dataset)
+    nbytes = info.prepared_nbytes(dataset_opts(wildcards.dataset).get("max_samples"))
+    options = (config["model_options"] or {}).get(wildcards.model)
+    model_mb = get_model(wildcards.model).peak_memory_mb(options, info.shape)
+    return resources.study_mem_mb(threads, config["n_folds"], nbytes, model_mb)
 
 
 def prepare_mem_mb(wildcards):

@@ -318,7 +318,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         sim = core.Simulator(cfg, dtype)
         streams = core.RandomStreams(np.random.default_rng(self._test_seed), dtype)
         X = np.asarray(X, dtype=dtype)
-        chunk = max(1, min(int(self.test_batch_size), int(4e7 // max(1, cfg.mem * max(cfg.sizes)))))
+        chunk = self._test_chunk(cfg)
         state_bytes = self._state_bytes()
         out = np.empty((X.shape[0], n_classes), dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -326,6 +326,10 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 C = sim.output_scores(self._weights, X[s:s + chunk], streams, max_state_bytes=state_bytes)
                 out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
+
+    def _test_chunk(self, cfg):
+        """Rows of a test batch: ``test_batch_size``, fewer when the spike memory is long."""
+        return max(1, min(int(self.test_batch_size), int(4e7 // max(1, cfg.mem * max(cfg.sizes)))))
 
     def _state_bytes(self):
         """``max_state_mb`` (validated by the config) in bytes."""
