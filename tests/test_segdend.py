@@ -528,3 +528,60 @@ def test_kernel_interface_is_named_once():
         kernel.pack(kernel.DECAY_NAMES, {"d_L": 1.0}, np.float64)
     with pytest.raises(KeyError, match="unknown"):
         kernel.pack(kernel.ERROR_CONST_NAMES, {"k_B": 1, "k_D": 1, "lambda_max": 1, "extra": 2}, np.float64)
+
+
+# ------------------------------------------------------------------ memory bound of testing
+
+
+@pytest.mark.parametrize("switches, exact", [
+    (dict(use_spiking_feedforward=True), True),
+    (dict(use_spiking_feedforward=True, use_spiking_feedback=True, use_conductances=True,
+          use_apical_conductance=True, use_broadcast=False), True),
+    # feedforward by rates: BLAS products, whose float32 rounding depends on the rows per product
+    (dict(use_spiking_feedback=True, use_conductances=True, use_apical_conductance=True), False),
+])
+def test_test_batch_in_groups_of_rows_gives_the_same_scores(digits, switches, exact, monkeypatch):
+    """A test batch whose state exceeds max_state_mb is simulated in groups of rows with the same spikes:
+    scores equal to the last bit whatever the groups when every pathway spikes (else to float32
+    round-off of the rate products), and each group's state within the bound."""
+    X, y = digits
+    kw = dict(hidden_layer_sizes=(30, 20), l_f_phase=8, l_t_phase=8, l_f_phase_test=12, mem=5, g_A=0.1,
+              test_batch_size=37, random_state=1, **switches)
+    est = SegregatedDendriteClassifier(**kw).fit(X[:40], y[:40])
+    whole = est.class_scores(X[100:190])  # 37 + 37 + 16 rows, each batch simulated at once
+    cfg = est._test_config()
+    apical = cfg.use_conductances and cfg.use_apical_conductance
+    per_row = State(cfg, 1, np.float32, apical=apical).nbytes()
+    assert per_row > 4 * mem_rows(cfg)  # the rings dominate: the bound is about them
+    groups = []
+    original = Simulator._test_rows
+
+    def spy(self, w, Xg, streams, apical, total_rows, first_row):
+        groups.append((Xg.shape[0], total_rows, first_row))
+        return original(self, w, Xg, streams, apical, total_rows, first_row)
+
+    monkeypatch.setattr(Simulator, "_test_rows", spy)
+    for rows in (1, 3, 7, 36):
+        groups.clear()
+        est.set_params(max_state_mb=(rows * per_row + per_row // 2) / 2**20)
+        got = est.class_scores(X[100:190])
+        if exact:
+            np.testing.assert_array_equal(got, whole)
+        else:  # measured: at most ~2.5e-7 of the largest score (a few float32 ulps)
+            np.testing.assert_allclose(got, whole, rtol=0, atol=1e-6 * np.abs(whole).max())
+        assert max(g[0] for g in groups) == rows and len(groups) > 3  # grouped, within the bound
+        assert all(g[0] * per_row <= est.max_state_mb * 2**20 for g in groups)
+        assert {g[1] for g in groups} == {37, 16}  # the layout of the whole test batches
+    # a spiking test draws different spikes for other rows: the scores are not trivially equal
+    assert not np.array_equal(whole[:37], est.class_scores(X[101:138]))
+
+
+def mem_rows(cfg):
+    """Floats of one row's potentials (C, A, drives): what a state holds besides its rings."""
+    return 3 * sum(cfg.sizes[1:])
+
+
+def test_max_state_mb_is_validated(digits):
+    X, y = digits
+    with pytest.raises(InvalidConfigurationError, match="max_state_mb"):
+        SegregatedDendriteClassifier(hidden_layer_sizes=(10,), max_state_mb=0).fit(X[:20], y[:20])

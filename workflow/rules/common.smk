@@ -11,6 +11,7 @@ import shlex
 
 from bioplaus.config import storage_without_password
 from bioplaus.data import dataset_info
+from bioplaus.study import resources
 
 DATASETS = list(config["datasets"])
 MODELS = list(config["models"])
@@ -68,17 +69,19 @@ def study_threads():
     return int(config["threads"])
 
 
-def data_mb(dataset):
-    """MB of the prepared float32 array of a dataset (after subsampling)."""
-    return dataset_info(dataset).prepared_nbytes(dataset_opts(dataset).get("max_samples")) / 1e6
-
-
 def study_mem_mb(wildcards, threads):
-    """Interpreter and libraries, per-fold workers (model state, chunk copies), the data several times, MB."""
+    """The config's mem_mb of the dataset, else bioplaus.study.resources.study_mem_mb (parent, fold processes
+    with the model's declared peak, data)."""
+    from bioplaus.models import get_model
+
     declared = (config.get("mem_mb") or {}).get(wildcards.dataset)  # optional key: no default
     if declared:
         return int(declared)
-    return int(600 + 300 * min(threads, int(config["n_folds"])) + 4 * data_mb(wildcards.dataset))
+    info = dataset_info(wildcards.dataset)
+    nbytes = info.prepared_nbytes(dataset_opts(wildcards.dataset).get("max_samples"))
+    options = (config["model_options"] or {}).get(wildcards.model)
+    model_mb = get_model(wildcards.model).peak_memory_mb(options, info.shape)
+    return resources.study_mem_mb(threads, config["n_folds"], nbytes, model_mb)
 
 
 def prepare_mem_mb(wildcards):

@@ -41,6 +41,8 @@ from bioplaus.errors import ConfigError
 BuildFn = Callable[..., Any]
 #: ``search_space(options) -> {name: optuna distribution}`` (fixed dimension set)
 SpaceFn = Callable[[Mapping[str, Any]], "dict[str, BaseDistribution]"]
+#: ``memory_mb(options, input_shape) -> MB`` (options resolved; input_shape ``(c, h, w)``)
+MemoryFn = Callable[[Mapping[str, Any], "tuple[int, int, int]"], float]
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,13 @@ class ModelSpec:
         fold's clock starts: one-off costs that do not belong to the
         configuration's training time (compiling kernels for this shape) are
         paid there. It must leave ``estimator`` untouched.
+    memory_mb: optional ``memory_mb(options, input_shape)``: MB the model's
+        own arrays take at their peak (a training step or a test call) at the
+        most memory-hungry point of its space, for images of ``input_shape``
+        ``(c, h, w)`` and the resolved ``options``. A study job declares it
+        per fold process on top of the process's baseline
+        (:func:`bioplaus.study.resources.study_mem_mb`); None: the model's
+        arrays fit the generic per-process allowance at every point.
     """
 
     name: str
@@ -97,6 +106,13 @@ class ModelSpec:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backprop: bool = False
     inactive: Callable[[Mapping[str, Any]], Iterable[str]] | None = None
+    memory_mb: MemoryFn | None = None
+
+    def peak_memory_mb(self, options: Mapping[str, Any] | None, input_shape) -> float:
+        """:attr:`memory_mb` for ``options`` (resolved here) and ``input_shape``; 0 without it."""
+        if self.memory_mb is None:
+            return 0.0
+        return float(self.memory_mb(self.resolve_options(options), tuple(int(v) for v in input_shape)))
 
     def active_params(self, params: Mapping[str, Any]) -> set[str]:
         """Names of ``params`` that affect the model built from them (all but :attr:`inactive`'s)."""

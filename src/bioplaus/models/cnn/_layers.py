@@ -157,6 +157,7 @@ def conv_backward(dout, cache, need_dx=True):
         for rows, chunk_cols in _PatchChunks(x, k, stride, padding, ho, wo, chunk):
             np.matmul(chunk_cols.T, dout2[rows], out=product)
             dweight2 += product
+        del chunk_cols  # a view of the patch buffer: release it before the input gradient
         dweight = dweight2.reshape(weight.shape)
     if not need_dx:
         return None, dweight
@@ -187,21 +188,28 @@ def column_sums(x):
     return np.ones(x.shape[0], dtype=x.dtype) @ x
 
 
-def batchnorm_centre(x, mean):
-    """``(x - mean, per-column sum of squares of it)`` for x ``(m, f)``."""
-    centred = x - mean
+def batchnorm_centre(x, mean, out=None):
+    """``(x - mean, per-column sum of squares of it)`` for x ``(m, f)``; the
+    difference is written into ``out`` when given (``out=x``: in place)."""
+    centred = np.subtract(x, mean, out=out)
     return centred, np.einsum("ij,ij->j", centred, centred)
+
+
+def batchnorm_normalise(centred, var, gamma, eps):
+    """Normalise ``centred`` (m, f) in place by ``var`` (f,): it becomes
+    ``xhat``; returns the cache ``(xhat, inv_std, gamma)`` of the backward pass."""
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(centred.dtype, copy=False)
+    centred *= inv_std
+    return centred, inv_std, gamma
 
 
 def batchnorm_scale(centred, var, gamma, beta, eps):
     """Normalise ``centred`` (m, f) in place by ``var`` (f,), then scale and
     shift; returns ``(y, cache)`` for :func:`batchnorm_backward`."""
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(centred.dtype, copy=False)
-    xhat = centred
-    xhat *= inv_std
-    y = xhat * gamma
+    cache = batchnorm_normalise(centred, var, gamma, eps)
+    y = cache[0] * gamma
     y += beta
-    return y, (xhat, inv_std, gamma)
+    return y, cache
 
 
 def batchnorm_forward_train(x, gamma, beta, eps):
@@ -219,11 +227,12 @@ def batchnorm_forward_train(x, gamma, beta, eps):
     return y, mean, var, cache
 
 
-def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps):
-    """Batch norm with running statistics (prediction). x: ``(m, f)``."""
+def batchnorm_forward_eval(x, gamma, beta, running_mean, running_var, eps, out=None):
+    """Batch norm with running statistics (prediction). x: ``(m, f)``; the
+    result is written into ``out`` when given (``out=x``: in place)."""
     scale = gamma / np.sqrt(running_var + eps)
     shift = beta - running_mean * scale
-    y = x * scale.astype(x.dtype, copy=False)
+    y = np.multiply(x, scale.astype(x.dtype, copy=False), out=out)
     y += shift.astype(x.dtype, copy=False)
     return y
 
@@ -244,6 +253,26 @@ def batchnorm_backward_dx(dy, cache, dgamma, dbeta, m):
     dx -= (dbeta / m).astype(dy.dtype, copy=False)
     dx *= gamma * inv_std
     return dx
+
+
+#: rows of the temporary of :func:`batchnorm_backward_dx_inplace` (bounds its memory)
+BN_BACKWARD_ROWS = 16384
+
+
+def batchnorm_backward_dx_inplace(dy, cache, dgamma, dbeta, m, rows=BN_BACKWARD_ROWS):
+    """:func:`batchnorm_backward_dx` written over ``dy`` (m_shard, f), ``rows``
+    rows at a time: the same elementwise operations in the same order, so the
+    same values to the last bit, without an input-sized temporary. Returns dy."""
+    xhat, inv_std, gamma = cache
+    mean_dgamma = (dgamma / m).astype(dy.dtype, copy=False)
+    mean_dbeta = (dbeta / m).astype(dy.dtype, copy=False)
+    scale = gamma * inv_std
+    for a in range(0, dy.shape[0], rows):
+        part = dy[a:a + rows]
+        np.subtract(part, xhat[a:a + rows] * mean_dgamma, out=part)
+        part -= mean_dbeta
+        part *= scale
+    return dy
 
 
 def batchnorm_backward(dy, cache):
@@ -290,20 +319,50 @@ def relu_pool_forward(x):
     return y, (x.shape, right_top, right_bottom, use_bottom, y > 0)
 
 
+def batchnorm_relu_pool_forward(xhat, gamma, beta, shape):
+    """:func:`relu_pool_forward` of the batch-norm output ``y = xhat * gamma + beta``
+    without forming y: xhat ``(m, f)`` is read as NHWC maps of ``shape`` and each
+    of the four window quarters of y is formed and compared in turn (the same
+    operations per element, so the same values and cache as
+    ``relu_pool_forward(batchnorm_scale(...)[0])``), at a quarter of y's size
+    at a time."""
+    n, h, w, f = shape
+    hp, wp = pool_output_size(h), pool_output_size(w)
+    quarters = _quarters(xhat.reshape(shape), hp, wp)
+
+    def affine(q):
+        y = q * gamma
+        y += beta
+        return y
+
+    a, b = affine(quarters[0]), affine(quarters[1])
+    right_top = b > a
+    top = np.maximum(a, b, out=a)
+    del b
+    c, d = affine(quarters[2]), affine(quarters[3])
+    right_bottom = d > c
+    bottom = np.maximum(c, d, out=c)
+    del d
+    use_bottom = bottom > top
+    y = np.maximum(top, bottom, out=top)
+    np.maximum(y, 0, out=y)
+    return y, (tuple(shape), right_top, right_bottom, use_bottom, y > 0)
+
+
 def relu_pool_backward(dy, cache):
     """Gradient of :func:`relu_pool_forward`: dx ``(n, h, w, f)`` (zero in the
     rows/columns dropped by the floor)."""
     x_shape, right_top, right_bottom, use_bottom, positive = cache
     n, h, w, f = x_shape
     hp, wp = dy.shape[1], dy.shape[2]
-    g = dy * positive
-    g_bottom = g * use_bottom
-    g_top = np.subtract(g, g_bottom, out=g)
     if h == 2 * hp and w == 2 * wp:  # every element lies in a window
         dx = np.empty(x_shape, dtype=dy.dtype)
     else:
         dx = np.zeros(x_shape, dtype=dy.dtype)
     a, b, c, d = _quarters(dx, hp, wp)
+    g = dy * positive
+    g_bottom = np.multiply(g, use_bottom, out=c)  # formed in its bottom-left quarter of dx
+    g_top = np.subtract(g, g_bottom, out=g)
     np.multiply(g_top, right_top, out=b)
     np.subtract(g_top, b, out=a)
     np.multiply(g_bottom, right_bottom, out=d)

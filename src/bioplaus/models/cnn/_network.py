@@ -28,6 +28,63 @@ def feature_map_shapes(input_shape, channels, kernel_sizes, stride, padding):
     return shapes
 
 
+def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, batch, n_classes,
+                         max_patch_bytes=None, itemsize=4):
+    """Bytes of the arrays one training step (:meth:`ConvNet.forward_train` and
+    :meth:`ConvNet.backward` of ``batch`` images, one shard) holds at its peak,
+    from the buffers the passes allocate (:mod:`._layers`).
+
+    Per block, the forward pass keeps for the backward pass the normalised
+    convolution output ``xhat`` (the output itself, centred and scaled in
+    place), the four pooling masks (one byte per pooled value each) and the
+    im2col patches when they fit the budget (else the block's input). A block's
+    forward pass also holds its patches (or one chunk of them) and the padded
+    input; its pooling forms one quarter of the batch-norm output at a time.
+    The backward pass releases each block's buffers once its gradients are
+    formed; in a block it holds the gradient of the block's output, the
+    gradient of the convolution output (the batch-norm gradient overwrites
+    it) and either a chunk of patches or the padded input gradient with one
+    product per kernel offset, besides weight-sized sums. Parameters, gradients and Adam's two moments are
+    added. Geometry as :func:`feature_map_shapes` (the caller checks it)."""
+    c, h, w = (int(v) for v in input_shape)
+    n, p = int(batch), int(padding)
+    budget = L.PATCH_BUDGET_BYTES if max_patch_bytes is None else int(max_patch_bytes)
+    blocks, n_params = [], 0
+    for f, k in zip(channels, kernel_sizes):
+        ho, wo = L.conv_output_size(h, k, stride, p), L.conv_output_size(w, k, stride, p)
+        hp, wp = L.pool_output_size(ho), L.pool_output_size(wo)
+        chunk = L.conv_chunk_size(n, h, w, c, k, stride, p, itemsize, budget)
+        whole = chunk >= n
+        b = dict(
+            input=n * h * w * c * itemsize, conv=n * ho * wo * f * itemsize, quarter=n * hp * wp * f * itemsize,
+            masks=4 * n * hp * wp * f, patches=chunk * ho * wo * k * k * c * itemsize,
+            padded=chunk * (h + 2 * p) * (w + 2 * p) * c * itemsize if p else 0,
+            dxp=n * (h + 2 * p) * (w + 2 * p) * c * itemsize, part=n * ho * wo * c * itemsize,
+            bn_temp=min(L.BN_BACKWARD_ROWS, n * ho * wo) * f * itemsize, whole=whole,
+            weight=k * k * c * f * itemsize)
+        b["kept"] = b["masks"] + b["conv"] + (b["patches"] if whole else b["input"])
+        blocks.append(b)
+        n_params += k * k * c * f + 2 * f
+        c, h, w = f, hp, wp
+    n_params += h * w * c * n_classes + n_classes
+    peak, held = 0, 0
+    for i, b in enumerate(blocks):  # forward
+        x_in = 0 if (i > 0 and not b["whole"]) else b["input"]  # a chunked block keeps its input: in "kept"
+        conv_stage = held + x_in + b["patches"] + b["padded"] + b["conv"]
+        pool_stage = held + x_in + b["kept"] + 3 * b["quarter"]
+        peak = max(peak, conv_stage, pool_stage)
+        held += b["kept"]
+    for i in range(len(blocks) - 1, -1, -1):  # backward
+        b = blocks[i]
+        dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dxp"]
+        relu_stage = held + dy + b["conv"] + b["quarter"]
+        conv_work = max(b["bn_temp"], 0 if b["whole"] else b["patches"] + b["padded"],
+                        b["dxp"] + b["part"] if i > 0 else 0) + 3 * b["weight"]  # gradient, product, transpose
+        peak = max(peak, relu_stage, held + dy + b["conv"] + conv_work)
+        held -= b["kept"]
+    return int(peak + 4 * n_params * itemsize + blocks[0]["input"])
+
+
 class ConvNet:
     """Parameters and passes of one CNN.
 
@@ -111,14 +168,15 @@ class ConvNet:
             count = sum(c[1].shape[0] for c in convs)
             mean = sum(c[3] for c in convs) / count
 
-            centred = list(run(lambda c: L.batchnorm_centre(c[1], mean), convs))
+            # centred in place: the convolution output becomes the normalised xhat
+            centred = list(run(lambda c: L.batchnorm_centre(c[1], mean, out=c[1]), convs))
             var = sum(c[1] for c in centred) / count
             gamma, beta = self.bn_gammas[i], self.bn_betas[i]
 
             def normalise_pool(args):
                 (z, _, _, _), (cen, _) = args
-                y, bn_cache = L.batchnorm_scale(cen, var, gamma, beta, BN_EPS)
-                pooled, pool_cache = L.relu_pool_forward(y.reshape(z.shape))
+                bn_cache = L.batchnorm_normalise(cen, var, gamma, BN_EPS)
+                pooled, pool_cache = L.batchnorm_relu_pool_forward(bn_cache[0], gamma, beta, z.shape)
                 return pooled, bn_cache, pool_cache
 
             outs = list(run(normalise_pool, list(zip(convs, centred))))
@@ -130,6 +188,7 @@ class ConvNet:
                 self.running_vars[i] += (mom * unbiased).astype(self.dtype)
             caches.append(([c[2] for c in convs], [o[1] for o in outs], [o[2] for o in outs], count))
             x_shards = [o[0] for o in outs]
+            del convs, centred, outs
         flats = [x.reshape(x.shape[0], -1) for x in x_shards]
         logits = L.linear_forward(np.concatenate(flats) if len(flats) > 1 else flats[0],
                                   self.linear_weight, self.linear_bias)
@@ -137,7 +196,11 @@ class ConvNet:
 
     def backward(self, dlogits, cache, run=map):
         """Gradients of the loss w.r.t. :meth:`parameters`, given dlogits
-        ``(n, classes)`` and the cache of :meth:`forward_train`."""
+        ``(n, classes)`` and the cache of :meth:`forward_train`.
+
+        The cache is consumed: each block's buffers are released once its
+        gradients are formed (the last block's first), so that the first,
+        largest block's backward pass does not hold the others' too."""
         caches, flats, last_shapes = cache
         flat = np.concatenate(flats) if len(flats) > 1 else flats[0]
         dflat, dlin_w, dlin_b = L.linear_backward(dlogits, flat, self.linear_weight)
@@ -161,12 +224,15 @@ class ConvNet:
 
             def conv_back(args):
                 (dz, dz2, _), bn_cache, conv_cache = args
-                dzn = L.batchnorm_backward_dx(dz2, bn_cache, dgamma, dbeta, count)
+                dzn = L.batchnorm_backward_dx_inplace(dz2, bn_cache, dgamma, dbeta, count)
                 return L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=need_dx)
 
             backs = list(run(conv_back, list(zip(pooled, bn_caches, conv_caches))))
+            caches[i] = None  # this block's buffers are no longer needed
+            del pooled, conv_caches, bn_caches, pool_caches
             dweight = sum(b[1] for b in backs)
             dx_shards = [b[0] for b in backs]
+            del backs
             grads = [dweight, dgamma, dbeta] + grads
         return grads
 
@@ -177,9 +243,10 @@ class ConvNet:
                 z, _ = L.conv_forward(x, weight, self.stride, self.padding,
                                       self.max_patch_bytes)
                 n, h, wd, f = z.shape
-                zn = L.batchnorm_forward_eval(z.reshape(-1, f), self.bn_gammas[i],
-                                              self.bn_betas[i], self.running_means[i],
-                                              self.running_vars[i], BN_EPS)
+                z2 = z.reshape(-1, f)
+                zn = L.batchnorm_forward_eval(z2, self.bn_gammas[i], self.bn_betas[i],
+                                              self.running_means[i], self.running_vars[i],
+                                              BN_EPS, out=z2)
                 x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
             return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight,
                                     self.linear_bias)

@@ -189,7 +189,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     shuffle : bool, reshuffle the rows every epoch in :meth:`fit`.
     random_state : int, RandomState or None; initial weights and shuffling.
     predict_batch_size : int or None, images per forward pass at prediction;
-        None: as many as keep each layer's im2col matrix within ``max_patch_mb``.
+        None: as many as keep each layer's im2col matrix, and twice its output,
+        within ``max_patch_mb``.
     max_patch_mb : float, bound (MiB) of the im2col patch buffer of one
         convolution (per thread): larger patch matrices are built, used and
         discarded chunk by chunk of images, in training (forward and backward)
@@ -439,12 +440,14 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             return int(self.predict_batch_size)
         net = self.network_
         c, h, w = self.input_shape_
-        largest = 1  # im2col entries per image, largest layer
+        largest = 1  # entries per image of the largest im2col matrix, or twice the largest output
         for weight, (ph, pw, f) in zip(net.conv_weights, self.feature_shapes_):
             k = weight.shape[0]
             ho = (h + 2 * net.padding - k) // net.stride + 1
             wo = (w + 2 * net.padding - k) // net.stride + 1
-            largest = max(largest, ho * wo * k * k * c)
+            # a layer's output and its pooling's halves: with few input channels and a small
+            # kernel (k*k*c of 4 against 64 output channels) they are many times the patches
+            largest = max(largest, ho * wo * k * k * c, 2 * ho * wo * f)
             c, h, w = f, ph, pw
         return int(np.clip(self._patch_bytes() // (4 * largest), 1, 4096))
 

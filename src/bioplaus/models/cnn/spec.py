@@ -9,9 +9,13 @@ does not fit the image is an *invalid* point, checked by
 
 from __future__ import annotations
 
+import os
+
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from bioplaus.models.cnn.estimator import MAX_BLOCKS, CNNClassifier, params_to_estimator_args
+from bioplaus.errors import InvalidConfigurationError
+from bioplaus.models.cnn._network import training_step_nbytes
+from bioplaus.models.cnn.estimator import MAX_BLOCKS, CNNClassifier, check_geometry, params_to_estimator_args
 from bioplaus.models.architecture import unused_widths
 from bioplaus.models.registry import ModelSpec
 
@@ -67,6 +71,51 @@ def inactive(params):
     return unused_widths(params, ("ch_", "k_"), MAX_BLOCKS)
 
 
+def memory_mb(options, input_shape, n_classes=10):
+    """Peak MB of the CNN's arrays at the most memory-hungry point of :func:`search_space`.
+
+    The largest batch and the widest blocks, with every uniform kernel size,
+    stride, padding and depth of the space that fits ``input_shape``: the
+    larger of a training step (:func:`~._network.training_step_nbytes`, one
+    shard, plus a patch buffer and a padded chunk per further thread of
+    ``n_jobs``) and a test call (a prediction chunk keeps its patches and
+    twice its outputs within ``max_patch_mb``; or ``predict_batch_size``
+    images). Non-uniform kernels are not searched: a layer's maps, which
+    dominate, are largest with the smallest kernel, and its patches are
+    bounded by the budget whatever the kernel. ``n_classes`` only sizes the
+    linear layer (kilobytes)."""
+    est = CNNClassifier(**dict(options or {}))  # the estimator's defaults for options not given
+    budget = est._patch_bytes()
+    threads = 1 if est.n_jobs is None else (os.cpu_count() or 1) if est.n_jobs == -1 else int(est.n_jobs)
+    space = search_space(options)
+    batch = space["batch_size"].high
+    width = max(space[f"ch_{i}"].high for i in range(1, MAX_BLOCKS + 1))
+    kernels = range(min(space[f"k_{i}"].low for i in range(1, MAX_BLOCKS + 1)),
+                    max(space[f"k_{i}"].high for i in range(1, MAX_BLOCKS + 1)) + 1)
+    c, h, w = input_shape
+    peak = 0
+    for k in kernels:
+        for stride in range(space["stride"].low, space["stride"].high + 1):
+            for padding in range(space["padding"].low, space["padding"].high + 1):
+                for depth in range(space["num_layers"].low, space["num_layers"].high + 1):
+                    try:
+                        shapes = check_geometry(input_shape, (width,) * depth, (k,) * depth, stride, padding)
+                    except InvalidConfigurationError:
+                        break  # deeper does not fit either
+                    train = training_step_nbytes(input_shape, (width,) * depth, (k,) * depth, stride, padding,
+                                                 batch, n_classes, budget) + 2 * budget * (threads - 1)
+                    test = 2 * budget
+                    if est.predict_batch_size is not None:  # a fixed chunk: its patches and outputs
+                        per_image, (ci, hi, wi) = 0, (c, h, w)
+                        for (hp, wp, f) in shapes:
+                            ho, wo = (hi + 2 * padding - k) // stride + 1, (wi + 2 * padding - k) // stride + 1
+                            per_image = max(per_image, 4 * ho * wo * (k * k * ci + 2 * f))
+                            ci, hi, wi = f, hp, wp
+                        test = int(est.predict_batch_size) * per_image
+                    peak = max(peak, train, test)
+    return peak / 1e6
+
+
 DEFAULT_PARAMS = {
     "batch_size": 100,
     "learning_rate": 1e-3,
@@ -87,4 +136,5 @@ SPEC = ModelSpec(
     options=OPTIONS,
     backprop=True,
     inactive=inactive,
+    memory_mb=memory_mb,
 )

@@ -311,6 +311,10 @@ def make_config(params, n_in, n_classes):
     validate(cfg)
     integer("batch_size", params["batch_size"])
     integer("test_batch_size", params["test_batch_size"])
+    state_mb = params["max_state_mb"]
+    if isinstance(state_mb, bool) or not isinstance(state_mb, numbers.Real) or not np.isfinite(state_mb) \
+            or state_mb <= 0:
+        raise InvalidConfigurationError(f"max_state_mb must be a positive number of MiB, got {state_mb!r}")
     if not isinstance(params["record_alignment"], bool | np.bool_):
         raise InvalidConfigurationError(f"record_alignment must be True or False, got {params['record_alignment']!r}")
     return cfg

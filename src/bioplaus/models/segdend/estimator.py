@@ -94,7 +94,13 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     batch_size : examples simulated side by side (1 = the paper's online rule).
     epochs, shuffle : passes of :meth:`fit`, reshuffled each epoch with ``random_state``.
     dtype : ``"float32"`` (default) or ``"float64"``.
-    test_batch_size : examples simulated side by side when predicting.
+    test_batch_size : examples simulated side by side when predicting (they draw their
+        spike uniforms as one batch).
+    max_state_mb : bound (MiB) of the simulation state of a test batch: a batch whose
+        state (spike and projection rings of ``mem`` steps per spiking source and
+        pathway) would be larger is simulated in groups of rows whose state fits,
+        with the same spikes (scores equal to the last bit when every pathway spikes, else
+        to float32 round-off of the rate pathways' products; see ``Simulator.output_scores``).
     record_alignment : bool, default False
         Also record, per mini-batch, the angle between each hidden layer's
         weight update and the one ``use_backprop`` would have applied from the
@@ -134,8 +140,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                  update_feedback_weights=False, use_apical_conductance=False,
                  use_weight_optimization=True, use_feedback_bias=False, use_rand_phase_lengths=False,
                  use_rand_plateau_times=False, use_backprop=False, batch_size=1, epochs=1,
-                 shuffle=True, dtype="float32", test_batch_size=500, record_alignment=False,
-                 random_state=None):
+                 shuffle=True, dtype="float32", test_batch_size=500, max_state_mb=64,
+                 record_alignment=False, random_state=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.units_per_class = units_per_class
         self.dt = dt
@@ -173,6 +179,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         self.shuffle = shuffle
         self.dtype = dtype
         self.test_batch_size = test_batch_size
+        self.max_state_mb = max_state_mb
         self.record_alignment = record_alignment
         self.random_state = random_state
 
@@ -388,12 +395,14 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         sim = self._simulator(cfg, dtype)
         streams = self._test_streams(dtype)
         X = np.asarray(X, dtype=dtype)
-        chunk = max(1, min(int(self.test_batch_size), int(4e7 // max(1, cfg.mem * max(cfg.sizes)))))
+        chunk = self._test_chunk(cfg)
+        state_bytes = self._state_bytes()
         out = np.empty((X.shape[0], n_classes), dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             for s in range(0, X.shape[0], chunk):
                 rows = X[s:s + chunk]
-                C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]))
+                C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]),
+                                      max_state_bytes=state_bytes)
                 out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
 
@@ -411,6 +420,14 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
             return None
         caches["test_state"] = (sim, n, st)
         return st
+
+    def _test_chunk(self, cfg):
+        """Rows of a test batch: ``test_batch_size``, fewer when the spike memory is long."""
+        return max(1, min(int(self.test_batch_size), int(4e7 // max(1, cfg.mem * max(cfg.sizes)))))
+
+    def _state_bytes(self):
+        """``max_state_mb`` (validated by the config) in bytes."""
+        return max(1, int(float(self.max_state_mb) * 2**20))
 
     def predict(self, X):
         """Class with the largest mean output potential (at chance, uniformly at random, if diverged)."""

@@ -504,21 +504,62 @@ class Simulator:
         cfg = self.cfg
         return State(cfg, n, self.dtype, apical=cfg.use_conductances and cfg.use_apical_conductance)
 
-    def output_scores(self, w: Weights, X, streams: RandomStreams | None, state: State | None = None):
+    def output_scores(self, w: Weights, X, streams: RandomStreams | None, state: State | None = None,
+                      max_state_bytes=None):
         """Mean output somatic potential over the test window, ``(n, n_out)``.
 
         Voltages and spike histories are cleared before each example (a fresh
         state per call, or ``state``, one of :meth:`test_state` for ``n`` rows,
         cleared: the same numbers; the returned array then belongs to it and is
-        overwritten by its next use); all rows are simulated side by side.
+        overwritten by its next use); all rows are simulated side by side,
+        drawing their spike uniforms as one batch of ``n`` rows. Testing keeps
+        no state between rows, so when a state of ``n`` rows would take more
+        than ``max_state_bytes`` (None: no bound) the rows are simulated in
+        groups whose state fits (``state`` is then not used), each group reading
+        the uniforms its rows read in the whole batch
+        (:meth:`State.use_spike_layout`): the same spikes, and the same scores
+        to the last bit when every simulated pathway spikes. A pathway driven by
+        rates is a BLAS product, whose rounding depends on the number of rows
+        (float32: a few units in the last place of the scores, ~1e-6 of their
+        size). Only a state with spike rings exceeds a bound of some MiB, so
+        rate-mode tests are never grouped. A stream without ``spike_key`` (one
+        that only offers ``uniform``) is drawn in order, so its rows are
+        simulated side by side whatever the bound.
         """
         cfg = self.cfg
         w.flush()
-        if state is None:
-            st = self.test_state(X.shape[0])
-        else:
+        apical = cfg.use_conductances and cfg.use_apical_conductance
+        n = X.shape[0]
+        group = n
+        if max_state_bytes is not None and n > 1:
+            per_row = max(1, State(cfg, 1, self.dtype, apical=apical).nbytes())
+            group = int(min(n, max(1, int(max_state_bytes) // per_row)))
+            if group < n and streams is not None and not hasattr(streams, "spike_key"):
+                group = n
+        if group >= n:
+            return self._test_rows(w, X, streams, apical, n, 0, state)
+        u_start = getattr(streams, "spike_counter", 0)
+        out = None
+        for a in range(0, n, group):
+            if streams is not None:
+                streams.spike_counter = u_start  # each group reads its rows' numbers of the whole batch
+            C = self._test_rows(w, X[a:a + group], streams, apical, n, a)
+            if out is None:
+                out = np.empty((n, C.shape[1]), C.dtype)
+            out[a:a + group] = C
+        return out
+
+    def _test_rows(self, w, X, streams, apical, total_rows, first_row, state=None):
+        """Scores of rows ``first_row ..`` of a test batch of ``total_rows`` rows (see :meth:`output_scores`);
+        ``state``: a state of :meth:`test_state` for all of them, cleared and reused."""
+        cfg = self.cfg
+        if state is not None and X.shape[0] == total_rows:
             st = state
             st.clear()
+        else:
+            st = State(cfg, X.shape[0], self.dtype, apical=apical)
+        if X.shape[0] != total_rows:
+            st.use_spike_layout(total_rows, first_row)
         st.reproject(w)
         self.set_input(st, X)
         res = self.run_phase(st, w, cfg.l_f_phase_test, cfg.integration_time_test, streams=streams,

@@ -15,6 +15,7 @@ from bioplaus.models.architecture import default_widths, hidden_layer_space, hid
 from bioplaus.models.registry import ModelSpec
 from bioplaus.models.segdend.config import SWITCHES
 from bioplaus.models.segdend.estimator import SegregatedDendriteClassifier
+from bioplaus.models.segdend.state import State
 
 
 def search_space(options=None):
@@ -46,6 +47,8 @@ OPTIONS = {
     "dtype": {"type": "string", "enum": ["float32", "float64"], "description": "floating-point precision"},
     "units_per_class": {"type": "integer", "minimum": 1, "description": "output units per class"},
     "test_batch_size": {"type": "integer", "minimum": 1, "description": "examples simulated side by side when testing"},
+    "max_state_mb": {"type": "number", "exclusiveMinimum": 0,
+                     "description": "bound (MiB) of a test batch's simulation state (rows simulated in groups, same spikes)"},
     "record_alignment": {"type": "boolean",
                          "description": "record the angle between the rule's hidden updates and the backprop "
                                         "control's (use_backprop) from the same simulated state"},
@@ -115,6 +118,46 @@ def inactive(params):
     return names
 
 
+#: switch values that give a simulation its largest state: spike rings for every source and pathway,
+#: apical compartments simulated at test, feedback from the layer above (500 units, not the output's 10)
+LARGEST_STATE_SWITCHES = {
+    "use_spiking_feedforward": True, "use_spiking_feedback": True, "use_conductances": True,
+    "use_apical_conductance": True, "update_feedback_weights": True, "use_broadcast": False,
+    "use_feedback_bias": True,
+}
+
+
+def largest_state_params(options=None):
+    """The point of :func:`search_space` with the largest simulation state: the deepest, widest
+    network, the smallest ``dt`` (a spike memory of ``10 / dt`` steps), the longest phases and
+    :data:`LARGEST_STATE_SWITCHES`."""
+    params = {}
+    for name, dist in search_space(options).items():
+        if isinstance(dist, CategoricalDistribution):
+            params[name] = LARGEST_STATE_SWITCHES.get(name, False)
+        else:
+            params[name] = dist.low if name == "dt" else dist.high
+    return params
+
+
+def memory_mb(options, input_shape, n_classes=10):
+    """Peak MB of the simulator's arrays at :func:`largest_state_params`: the training state of
+    ``batch_size`` rows or a test batch's state (groups of rows within ``max_state_mb``),
+    whichever is larger, plus three copies of the weights (weights, feedback, their updates)."""
+    est = build(largest_state_params(options), input_shape=input_shape, n_classes=n_classes, epochs=1,
+                random_state=0, options=options)
+    c, h, w = input_shape
+    cfg = est._make_config(c * h * w, n_classes)
+    dtype = est._float_dtype()
+    train = int(est.batch_size) * State(cfg, 1, dtype).nbytes()
+    per_row = State(cfg, 1, dtype, apical=cfg.use_conductances and cfg.use_apical_conductance).nbytes()
+    test = min(est._test_chunk(cfg) * per_row, max(per_row, est._state_bytes()))
+    sizes = cfg.sizes
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    weights += sum(sizes[l + 1] * sizes[cfg.feedback_source(l) + 1] for l in range(cfg.n_layers - 1))
+    return (max(train, test) + 3 * weights * dtype.itemsize) / 1e6
+
+
 def warm_up(estimator, X, y, classes):
     """Compile the simulator's kernels for this configuration (network depth, dtype) on a
     throw-away copy: compiled code is cached on disk, so this takes about a second once
@@ -132,4 +175,5 @@ SPEC = ModelSpec(
     warm_up=warm_up,
     options=OPTIONS,
     inactive=inactive,
+    memory_mb=memory_mb,
 )

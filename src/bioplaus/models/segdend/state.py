@@ -396,6 +396,7 @@ class State:
             padded([d3 if q.trace is None else q.trace for q in self.fb], L, d3, -1), self.fb_seen)
         self._taus = (cfg.tau_L, cfg.tau_s)
         self._decays = np.exp(-1.0 / np.array(self._taus))
+        self._spiking_sizes = np.array([sizes[i] if on else 0 for i, on in enumerate(spiking_src)], np.int64)
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -440,15 +441,30 @@ class State:
         self.errors = None
         self.target.fill(0)
 
+    def use_spike_layout(self, total_rows, first_row):
+        """Draw spike uniforms as rows ``first_row .. first_row + B - 1`` of a state of ``total_rows`` rows.
+
+        A step's uniforms are laid out source by source, row by row
+        (:func:`._kernel.phase_steps`); with this layout the rows of this state
+        read exactly the numbers those rows of the larger state would, so a
+        batch can be simulated in groups of rows with the same spikes.
+        """
+        if first_row < 0 or first_row + self.B > total_rows:
+            raise ValueError(f"rows {first_row}..{first_row + self.B - 1} are not within {total_rows} rows")
+        sizes = self._spiking_sizes
+        self.u_off[:] = total_rows * (np.cumsum(sizes) - sizes) + first_row * sizes
+        self.u_per_step = int(total_rows * sizes.sum())
+
     def nbytes(self):
-        """Bytes of the state's arrays (their sizes, not counting the phase cache)."""
+        """Bytes of the state's arrays (potentials, rates, spike and projection rings, traces,
+        counters, buffers; not the phase cache)."""
         arrays = [self.p0, self.target, self.versions, self.ff_seen, self.fb_seen, *self.C, *self.A,
                   *self.plateau_end, *self.plateau_start]
         for src in self.sources:
-            arrays += [src.rates] + ([] if src.hist is None else [src.hist])
-        for p in (*self.ff, *self.fb):
-            arrays += [p.drive] + ([] if p.proj is None else [p.proj, p.trace])
-        return sum(x.nbytes for x in arrays)
+            arrays += [src.rates, src.hist]
+        for p in self.ff + self.fb:
+            arrays += [p.drive, p.proj, p.trace]
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     def reproject(self, weights: Weights):
         """Make every cached drive consistent with new weights."""
