@@ -556,9 +556,9 @@ def test_test_batch_in_groups_of_rows_gives_the_same_scores(digits, switches, ex
     groups = []
     original = Simulator._test_rows
 
-    def spy(self, w, Xg, streams, apical, total_rows, first_row):
+    def spy(self, w, Xg, streams, apical, total_rows, first_row, *state):
         groups.append((Xg.shape[0], total_rows, first_row))
-        return original(self, w, Xg, streams, apical, total_rows, first_row)
+        return original(self, w, Xg, streams, apical, total_rows, first_row, *state)
 
     monkeypatch.setattr(Simulator, "_test_rows", spy)
     for rows in (1, 3, 7, 36):
