@@ -11,6 +11,15 @@ initial weights (:meth:`_init_network`), one batch's descent directions
 (:meth:`_output_scores`) and, optionally, state to refresh after each update
 (:meth:`_after_update`).
 
+Repeated calls pay little besides their examples: a later ``partial_fit`` and
+``predict`` check plain float arrays cheaply (:mod:`bioplaus.models._inputs`,
+scikit-learn's checks and errors for anything else), and the finiteness
+check at the end of a call reads a weight matrix only when a bound of its
+magnitude, grown at each update from the update's factors, is unknown or
+too large (:mod:`bioplaus.models._finite`; a rule reports its updates'
+bounds through ``_grad_bounds``, otherwise every matrix is read). No number
+depends on either.
+
 Weights are stored input-major: ``W[l]`` has shape ``(n_l, n_{l+1})`` and a
 layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
 ``(batch, n_l)``.
@@ -28,10 +37,11 @@ from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classi
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bioplaus.errors import InvalidConfigurationError
+from bioplaus.models import _finite, _inputs
 from bioplaus.models.architecture import MAX_LAYERS
 from bioplaus.models._threads import one_blas_thread
 
-__all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS"]
+__all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS", "batch_outer"]
 
 #: rows per forward pass when predicting (bounds memory)
 PREDICT_CHUNK = 4096
@@ -48,6 +58,21 @@ ACTIVATIONS = {
     "sigmoid": (_sigmoid, lambda a, h: h * (1.0 - h)),
     "relu": (lambda a: np.maximum(a, 0.0), lambda a, h: (a > 0).astype(a.dtype)),
 }
+
+
+def batch_outer(h, d):
+    """``h.T @ d`` (a batch's summed outer products), a new array.
+
+    For one row, BLAS's product of inner dimension 1 forms each entry as
+    ``0 + h_i d_j`` (one rounding; a product of -0 becomes +0): the broadcast
+    product followed by ``+= 0`` gives the same bits (tested against BLAS,
+    signed zeros, subnormals, inf and NaN included) in a third of the time.
+    """
+    if h.shape[0] == 1 and h.dtype == d.dtype:
+        out = np.multiply(h.T, d)
+        out += out.dtype.type(0)
+        return out
+    return h.T @ d
 
 
 def update_angles(rule_grads, bp_grads):
@@ -99,7 +124,11 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         raise NotImplementedError
 
     def _batch_gradients(self, X, T, want_bp):
-        """``(loss, gW, gb, bp_hidden_gW or None)`` for one batch; the update is ``-rate * g``."""
+        """``(loss, gW, gb, bp_hidden_gW or None)`` for one batch; the update is ``-rate * g``.
+
+        It may also set ``self._grad_bounds = (bounds of max |gW[l]|, bounds of max |gb[l]|)``
+        (lists of floats or None, see :mod:`~bioplaus.models._finite`); without them the
+        finiteness check after the update reads every matrix."""
         raise NotImplementedError
 
     def _output_scores(self, X):
@@ -180,6 +209,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         self._vW = [np.zeros_like(w) for w in self._W]
         self._vb = [np.zeros_like(b) for b in self._b]
         self._shuffle_rng = np.random.default_rng(shuffle_ss)
+        self._magnitudes = self._unknown_magnitudes()
         self._after_update()
         self.diverged_ = False
         self.n_examples_seen_ = 0
@@ -187,28 +217,61 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         self.alignment_ = []
         self.alignment_batches_ = []
 
+    def _unknown_magnitudes(self):
+        """Bounds of ``max |x|`` per array (None: unknown, read at the next check); velocities start at 0."""
+        return {"W": [None] * len(self._W), "b": [None] * len(self._b),
+                "vW": [0.0] * len(self._vW), "vb": [0.0] * len(self._vb)}
+
+    def _bounds(self):
+        mags = self.__dict__.get("_magnitudes")
+        if mags is None:  # e.g. unpickled from an earlier version: nothing known
+            mags = self._magnitudes = self._unknown_magnitudes()
+            mags["vW"] = [None] * len(self._vW)
+            mags["vb"] = [None] * len(self._vb)
+        return mags
+
     def _all_finite(self):
-        return all(np.isfinite(w).all() for w in self._W) and all(np.isfinite(b).all() for b in self._b)
+        mags = self._bounds()
+        if not (_finite.all_finite(self._W, mags["W"]) and _finite.all_finite(self._b, mags["b"])):
+            return False
+        _finite.refresh(self._vW, mags["vW"])
+        _finite.refresh(self._vb, mags["vb"])
+        return True
 
     def _apply(self, gW, gb):
         """SGD with momentum: ``v <- mu v - rate g``, ``W <- W + v`` (then optional weight decay)."""
         mu = float(self.momentum)
         wd = self._weight_decay()
+        mags = self._bounds()
+        grad_bounds = self.__dict__.pop("_grad_bounds", None)
+        if grad_bounds is None:
+            grad_bounds = ([None] * len(gW), [None] * len(gb))
+        dt = self._dtype
         for l, rate in enumerate(self._learning_rates()):
             rate = self._dtype.type(rate)
-            for params, vel, g in ((self._W, self._vW, gW[l]), (self._b, self._vb, gb[l])):
+            for params, vel, g, key, G in ((self._W, self._vW, gW[l], "W", grad_bounds[0][l]),
+                                           (self._b, self._vb, gb[l], "b", grad_bounds[1][l])):
                 if wd and params is self._W:
                     decay = self._dtype.type(wd) * params[l]
                 else:
                     decay = None
+                P, V = mags[key][l], mags["v" + key][l]
+                step = None if G is None else abs(float(rate)) * G
+                g *= rate  # in place (g is this batch's own array): the same numbers as rate * g
                 if mu:
                     vel[l] *= self._dtype.type(mu)
-                    vel[l] -= rate * g
+                    vel[l] -= g
                     params[l] += vel[l]
+                    V = _finite.grown([None if V is None else abs(float(dt.type(mu))) * V, step], 3, dt)
+                    mags["v" + key][l] = V
+                    new = _finite.grown([P, V], 1, dt)
                 else:
-                    params[l] -= rate * g
+                    params[l] -= g
+                    new = _finite.grown([P, step], 2, dt)
                 if decay is not None:
                     params[l] -= decay
+                    new = _finite.grown([new, None if P is None else abs(float(dt.type(wd))) * P], 2, dt)
+                mags[key][l] = new
         self._after_update()
 
     def _train(self, X, y_idx):
@@ -284,12 +347,12 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         this call on; the structure (``hidden_layer_sizes``, ``dtype``) cannot change.
         """
         first = _check_partial_fit_first_call(self, classes)
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=first)
-        check_classification_targets(y)
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(f"labels {unknown.tolist()} are not in classes={self.classes_.tolist()}")
-        y_idx = np.searchsorted(self.classes_, y)
+        if first:
+            X, y = validate_data(self, X, y, dtype=list(_inputs.FLOAT_DTYPES), reset=True)
+            check_classification_targets(y)
+            y_idx = _inputs.label_indices(self.classes_, y)
+        else:  # scikit-learn's checks, with a cheap path for plain arrays (same errors)
+            X, y_idx = _inputs.labelled_rows(self, X, y)
         dtype = self._float_dtype()
         hidden = self._validate_common()
         if first:
@@ -301,8 +364,9 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _scores(self, X):
-        check_is_fitted(self, "classes_")
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        if not hasattr(self, "classes_"):
+            check_is_fitted(self, "classes_")
+        X = _inputs.rows(self, X)
         X = np.asarray(X, dtype=self._dtype)
         out = np.empty((X.shape[0], len(self.classes_)), dtype=np.float64)
         with np.errstate(all="ignore"):

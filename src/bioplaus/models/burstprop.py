@@ -132,7 +132,8 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bioplaus.errors import InvalidConfigurationError
-from bioplaus.models._rate_network import RateNetworkClassifier, _sigmoid
+from bioplaus.models import _finite
+from bioplaus.models._rate_network import RateNetworkClassifier, _sigmoid, batch_outer
 from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
 
@@ -283,9 +284,20 @@ class BurstpropClassifier(RateNetworkClassifier):
         loss = 0.5 * float(np.sum((T - e[L]) ** 2)) / B
         diffs, recurrent = self._burst_differences(e, T)
         # descent directions g: the update is -rate * g, i.e. rate * <e_pre^T (Bu^t - Bu)>
-        gW = [-(e[l].T @ diffs[l]) * inv_B for l in range(L)]
+        # (in place: the same numbers as -(e^T diffs) * inv_B and b_hat^T u * inv_B)
+        gW = [np.multiply(np.negative(g, out=g), inv_B, out=g)
+              for g in (batch_outer(e[l], diffs[l]) for l in range(L))]
         gb = [-d.sum(axis=0) * inv_B for d in diffs]
-        self._pending_gZ = [(l, b_hat.T @ u * inv_B) for l, u, b_hat in recurrent]
+        self._pending_gZ = [(l, np.multiply(g, inv_B, out=g))
+                            for l, g in ((l, batch_outer(b_hat, u)) for l, u, b_hat in recurrent)]
+        # bounds of the updates' entries (B products summed, then scaled), for the finiteness check
+        dt, ib = self._dtype, float(inv_B)
+        dmax = [_finite.amax(d) for d in diffs]
+        self._grad_bounds = ([_finite.grown([B * _finite.amax(e[l]) * dmax[l] * ib], 2 * B + 1, dt)
+                              for l in range(L)],
+                             [_finite.grown([B * m * ib], B + 1, dt) for m in dmax])
+        self._pending_gZ_bounds = [_finite.grown([B * _finite.amax(b_hat) * _finite.amax(u) * ib], 2 * B + 1, dt)
+                                   for _, u, b_hat in recurrent]
         bp = None
         if want_bp:
             delta = -(T - e[L]) * e[L] * (1 - e[L]) * inv_B  # dJ/da_out
@@ -299,12 +311,23 @@ class BurstpropClassifier(RateNetworkClassifier):
         super()._apply(gW, gb)
         if self.recurrent_input and self._pending_gZ:
             rate = self._dtype.type(self.recurrent_lr)
-            for l, gZ in self._pending_gZ:
+            zb = self._z_bounds()
+            gz_bounds = self.__dict__.pop("_pending_gZ_bounds", None) or [None] * len(self._pending_gZ)
+            for (l, gZ), G in zip(self._pending_gZ, gz_bounds):
                 self._Z[l] += rate * gZ
+                zb[l] = _finite.grown([zb[l], None if G is None else abs(float(rate)) * G], 2, self._dtype)
         self._pending_gZ = None
+        self.__dict__.pop("_pending_gZ_bounds", None)
+
+    def _z_bounds(self):
+        """Bounds of ``max |Z[l]|`` (see :mod:`~bioplaus.models._finite`), None where unknown."""
+        mags = self._bounds()
+        if "Z" not in mags:
+            mags["Z"] = [None] * len(self._Z)
+        return mags["Z"]
 
     def _all_finite(self):
-        return super()._all_finite() and all(np.isfinite(z).all() for z in self._Z)
+        return super()._all_finite() and _finite.all_finite(self._Z, self._z_bounds())
 
     def _output_scores(self, X):
         return self._event_rates(X)[-1]

@@ -132,7 +132,8 @@ import numpy as np
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bioplaus.errors import InvalidConfigurationError
-from bioplaus.models._rate_network import ACTIVATIONS, RateNetworkClassifier
+from bioplaus.models import _finite
+from bioplaus.models._rate_network import ACTIVATIONS, RateNetworkClassifier, batch_outer
 from bioplaus.models.architecture import MAX_LAYERS, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
 
@@ -278,8 +279,13 @@ class FeedbackAlignmentBase(RateNetworkClassifier):
         loss = -np.sum(T * np.log(np.maximum(p, np.finfo(p.dtype).tiny))) / B
         e = (p - T) / self._dtype.type(B)
         deltas = self._hidden_deltas(a, h, e)
-        gW = [h[l].T @ deltas[l] for l in range(len(deltas))]
+        gW = [batch_outer(h[l], deltas[l]) for l in range(len(deltas))]
         gb = [d.sum(axis=0) for d in deltas]
+        # bounds of the updates' entries (B products summed), for the finiteness check
+        dmax = [_finite.amax(d) for d in deltas]
+        self._grad_bounds = ([_finite.grown([B * _finite.amax(h[l]) * dmax[l]], 2 * B, self._dtype)
+                              for l in range(len(deltas))],
+                             [_finite.grown([B * m], B, self._dtype) for m in dmax])
         bp = None
         if want_bp:
             bp_deltas = self._hidden_deltas(a, h, e, feedback=self._backprop_feedback)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 from scipy.linalg import blas as _blas
 
+from bioplaus.models import _finite
 from bioplaus.models.segdend import _kernel
 from bioplaus.models.segdend.config import (
     INIT_B_AVG, INIT_B_SD, NOISY_SYMMETRIC_SD, SPARSE_FRACTION, SPARSE_GAIN, Config,
@@ -209,17 +210,13 @@ class Weights:
             if not (math.isfinite(hi) and math.isfinite(lo)):
                 return False
             bound = max(hi, -lo)
-            self._bounds[l] = bound if bound < _bound_limit(x.dtype) else None
+            self._bounds[l] = bound if bound < _finite.limit(x.dtype) else None
         return all(np.isfinite(x).all() for x in (*self.b, *self.YT, *self.c) if x is not None)
-
-
-def _bound_limit(dtype):
-    return 0.5 * float(np.finfo(dtype).max)
 
 
 def _grown_bound(bound, P, Q, dtype):
     """A bound of ``max |W + P^T Q|`` as BLAS computes it in ``dtype`` (``P`` (m, n), ``Q`` (m, k)),
-    given ``bound >= max |W|``; None when it is not below :func:`_bound_limit` (or not finite).
+    given ``bound >= max |W|``; None when it is not below :func:`~bioplaus.models._finite.limit` (or not finite).
 
     Each entry is ``w + sum_k q_k p_k`` formed by m + 1 multiplications and additions (BLAS
     may fuse them), so its magnitude, and that of every partial sum, is at most
@@ -232,7 +229,7 @@ def _grown_bound(bound, P, Q, dtype):
         inc = float(np.dot(np.abs(P).max(axis=1).astype(np.float64), np.abs(Q).max(axis=1).astype(np.float64)))
     eps = float(np.finfo(dtype).eps)
     new = (bound + inc) * (1.0 + (m + 2) * eps) * (1.0 + 1e-12)
-    return new if new < _bound_limit(dtype) else None  # NaN fails the test too
+    return new if new < _finite.limit(dtype) else None  # NaN fails the test too
 
 
 def padded(xs, n_layers, dummy, extra=0):
