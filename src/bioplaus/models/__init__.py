@@ -15,6 +15,7 @@ _LAZY = {
     "FeedbackAlignmentClassifier": "bioplaus.models.feedback_alignment",
     "DirectFeedbackAlignmentClassifier": "bioplaus.models.feedback_alignment",
     "SignSymmetryClassifier": "bioplaus.models.feedback_alignment",
+    "BackpropSGDClassifier": "bioplaus.models.feedback_alignment",
     "BurstpropClassifier": "bioplaus.models.burstprop",
 }
 

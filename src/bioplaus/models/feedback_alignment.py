@@ -1,10 +1,14 @@
-"""Feedback alignment, direct feedback alignment and sign symmetry as estimators (``fa``, ``dfa``, ``sign``).
+"""Feedback alignment, direct feedback alignment and sign symmetry as estimators (``fa``, ``dfa``, ``sign``),
+and their backprop control (``bp-sgd``).
 
 The three rules share everything but the path the output error takes back to
 the hidden layers, so they share :class:`FeedbackAlignmentBase` (forward pass,
 loss, optimizer, alignment record) and differ in one hook,
-``_feedback(layer, delta_above, e)``. This module also holds their search
-spaces and registry entries.
+``_feedback(layer, delta_above, e)``. ``bp-sgd`` is the same network and
+optimizer with the backprop path (``W_{l+1}^T``): the control that tells a
+rule's credit assignment from its optimizer (plain SGD with momentum, where
+the backprop baselines ``mlp`` and ``cnn`` use Adam, as the 2019 study did).
+This module also holds their search spaces and registry entries.
 
 Network and loss (all three rules; ``L`` layers, hidden layers ``l = 0 .. L-2``)
     ``a_l = h_l W_l + b_l``, ``h_{l+1} = f(a_l)`` with ``h_0 = x``;
@@ -359,6 +363,31 @@ class SignSymmetryClassifier(FeedbackAlignmentBase):
         return delta_above @ self._B[layer]
 
 
+class BackpropSGDClassifier(FeedbackAlignmentBase):
+    """The rules' backprop control: ``delta_l = (delta_{l+1} W_{l+1}^T) * f'(a_l)`` (Rumelhart, Hinton &
+    Williams 1986), the same network, loss and SGD with momentum as ``fa``, ``dfa`` and ``sign``.
+
+    See :class:`FeedbackAlignmentBase` for the parameters (``feedback_scale`` has no effect: the
+    feedback is the forward weights); default activation: sigmoid. ``feedback_`` returns the
+    current ``W_{l+1}^T``.
+    """
+
+    _default_activation = "sigmoid"
+
+    def _init_feedback(self, sizes, rng, dtype):
+        self._B = []
+
+    def _feedback(self, layer, delta_above, e):
+        return self._backprop_feedback(layer, delta_above, e)
+
+    @property
+    def feedback_(self):
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "classes_")
+        return [self._W[l + 1].T.copy() for l in range(len(self._W) - 1)]
+
+
 # ------------------------------------------------------------ registry entries
 
 
@@ -390,6 +419,15 @@ def sign_search_space(options=None):
     return _space({})
 
 
+def bp_sgd_search_space(options=None):
+    """``bp-sgd``'s: the rules' ranges without the feedback scale (its feedback is the forward
+    weights), the nonlinearity searched over the rules' three (sigmoid: ``fa``, tanh: ``dfa``,
+    ReLU: ``sign``)."""
+    space = _space({"activation": CategoricalDistribution(["tanh", "sigmoid", "relu"])})
+    del space["feedback_scale"]
+    return space
+
+
 #: ``model_options.fa|dfa|sign``: fixed estimator settings (JSON-schema fragments; see ModelSpec.options).
 OPTIONS = {
     "dtype": {"type": "string", "enum": ["float32", "float64"], "default": "float32"},
@@ -410,12 +448,12 @@ def _builder(cls):
             activation=params.get("activation", options["activation"]),
             learning_rate=float(params["learning_rate"]),
             momentum=float(params["momentum"]),
-            feedback_scale=float(params["feedback_scale"]),
+            feedback_scale=float(params.get("feedback_scale", 1.0)),  # bp-sgd: none
             weight_scale=float(params["weight_scale"]),
             batch_size=int(params["batch_size"]),
             epochs=int(epochs),
             dtype=options["dtype"],
-            record_alignment=options["record_alignment"],
+            record_alignment=options.get("record_alignment", False),
             random_state=random_state,
         )
 
@@ -459,5 +497,16 @@ SIGN_SPEC = ModelSpec(
     description="Liao et al. (2016), Xiao et al. (2018): feedback through the signs of the forward weights",
     options=OPTIONS, inactive=unused_widths,
 )
+#: ours: sign's setting (2x500, rate 0.02, momentum 0.9, batch 100) with the sigmoid of fa's default
+BP_SGD_DEFAULT_PARAMS = {"batch_size": 100, "learning_rate": 0.02, "momentum": 0.9, "weight_scale": 1.0,
+                         "activation": "sigmoid", **_layers(500, 500)}
+BP_SGD_SPEC = ModelSpec(
+    name="bp-sgd", label="Backprop MLP (SGD)", build=_builder(BackpropSGDClassifier),
+    search_space=bp_sgd_search_space, default_params=BP_SGD_DEFAULT_PARAMS,
+    description="backprop through the rules' own network and optimizer (SGD with momentum): their control",
+    backprop=True,
+    options={k: v for k, v in OPTIONS.items() if k != "record_alignment"},  # its angle is 0 by construction
+    inactive=unused_widths,
+)
 _spec_of.update({FeedbackAlignmentClassifier: FA_SPEC, DirectFeedbackAlignmentClassifier: DFA_SPEC,
-                 SignSymmetryClassifier: SIGN_SPEC})
+                 SignSymmetryClassifier: SIGN_SPEC, BackpropSGDClassifier: BP_SGD_SPEC})

@@ -158,6 +158,7 @@ _BUILTIN: dict[str, str] = {
     "fa": "bioplaus.models.feedback_alignment:FA_SPEC",
     "dfa": "bioplaus.models.feedback_alignment:DFA_SPEC",
     "sign": "bioplaus.models.feedback_alignment:SIGN_SPEC",
+    "bp-sgd": "bioplaus.models.feedback_alignment:BP_SGD_SPEC",
     "burstprop": "bioplaus.models.burstprop",
 }
 _REGISTERED: dict[str, ModelSpec] = {}
