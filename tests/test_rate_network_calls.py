@@ -17,6 +17,8 @@ from sklearn.datasets import load_digits
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from raised import raised
+
 from bioplaus.models import _finite
 from bioplaus.models.burstprop import BurstpropClassifier
 from bioplaus.models.feedback_alignment import (
@@ -153,12 +155,6 @@ def test_grown_and_all_finite():
     assert _finite.amax(np.array([np.nan, 1.0])) == np.inf
 
 
-def _error(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - the error itself is compared
-        return type(exc), str(exc)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -181,13 +177,13 @@ def test_malformed_rows_raise_scikit_learns_errors(digits, fitted, name):
     X, y = digits
     est = fitted[name]
     for what, bad in _bad_X(X).items():
-        expected = _error(lambda: validate_data(est, bad, dtype=[np.float32, np.float64], reset=False))
+        expected = raised(lambda: validate_data(est, bad, dtype=[np.float32, np.float64], reset=False))
         assert expected is not None, what
-        assert _error(lambda: est.predict(bad)) == expected, what
-        assert _error(lambda: est.predict_proba(bad)) == expected, what
+        assert raised(lambda: est.predict(bad)) == expected, what
+        assert raised(lambda: est.predict_proba(bad)) == expected, what
         labels = y[:len(bad)] if getattr(bad, "ndim", 0) > 1 else y[:1]
-        got = _error(lambda: est.partial_fit(bad, labels))
-        want = _error(lambda: validate_data(est, bad, labels, dtype=[np.float32, np.float64], reset=False))
+        got = raised(lambda: est.partial_fit(bad, labels))
+        want = raised(lambda: validate_data(est, bad, labels, dtype=[np.float32, np.float64], reset=False))
         assert got is not None and got == want, what
     W = [w.copy() for w in est._W]
     assert all(np.array_equal(a, b) for a, b in zip(W, est._W))  # nothing trained by a refused call
@@ -203,10 +199,10 @@ def test_malformed_labels_raise_clear_errors(digits, fitted, name):
     with pytest.raises(ValueError, match=r"labels \[-1\] are not in classes"):
         est.partial_fit(X[:2], np.array([-1, 3]))
     for bad in (np.array([0.5, 1.0]), y[:2].reshape(2, 1).repeat(2, axis=1), y[:3]):
-        expected = _error(lambda: (validate_data(est, X[:2], bad, dtype=[np.float32, np.float64], reset=False),
+        expected = raised(lambda: (validate_data(est, X[:2], bad, dtype=[np.float32, np.float64], reset=False),
                                    check_classification_targets(bad)))
         assert expected is not None
-        assert _error(lambda: est.partial_fit(X[:2], bad)) == expected
+        assert raised(lambda: est.partial_fit(X[:2], bad)) == expected
     assert all(np.array_equal(a, b) for a, b in zip(before, est._W))
     # labels of another integer dtype, a float64 model given float32 rows: converted as before
     est.partial_fit(X[:2].astype(np.float32), y[:2].astype(np.int8))

@@ -24,6 +24,8 @@ from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from raised import raised
+
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import SegregatedDendriteClassifier
 from bioplaus.models.segdend import simulator as core
@@ -244,13 +246,6 @@ def test_bounds_hold_after_every_kind_of_update(digits, kw, monkeypatch):
 # ------------------------------------------------------------------ malformed input
 
 
-def _sklearn_error(fn):
-    """``(type, message)`` of what ``fn()`` raises, or None if it returns."""
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - the error itself is compared
-        return type(exc), str(exc)
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -273,33 +268,33 @@ def _bad_X(X):
 def test_malformed_rows_raise_scikit_learns_errors(digits, fitted):
     X, y = digits
     for name, bad in _bad_X(X).items():
-        expected = _sklearn_error(lambda: validate_data(fitted, bad, dtype=[np.float32, np.float64], reset=False))
+        expected = raised(lambda: validate_data(fitted, bad, dtype=[np.float32, np.float64], reset=False))
         assert expected is not None, name
-        assert _sklearn_error(lambda: fitted.predict(bad)) == expected, name
+        assert raised(lambda: fitted.predict(bad)) == expected, name
         est = pickle.loads(pickle.dumps(fitted))
-        expected = _sklearn_error(lambda: validate_data(est, bad, y[:len(bad)] if bad.ndim == 2 else y[:1],
+        expected = raised(lambda: validate_data(est, bad, y[:len(bad)] if bad.ndim == 2 else y[:1],
                                                         dtype=[np.float32, np.float64], reset=False))
-        assert _sklearn_error(lambda: est.partial_fit(bad, y[:len(bad)] if bad.ndim == 2 else y[:1])) == expected, name
-    assert "expecting 64 features" in _sklearn_error(lambda: fitted.predict(X[:2, :60]))[1]
-    assert "Input X contains NaN" in _sklearn_error(lambda: fitted.predict(_bad_X(X)["NaN"]))[1]
+        assert raised(lambda: est.partial_fit(bad, y[:len(bad)] if bad.ndim == 2 else y[:1])) == expected, name
+    assert "expecting 64 features" in raised(lambda: fitted.predict(X[:2, :60]))[1]
+    assert "Input X contains NaN" in raised(lambda: fitted.predict(_bad_X(X)["NaN"]))[1]
 
 
 def test_malformed_labels_raise_clear_errors(digits, fitted):
     X, y = digits
     est = pickle.loads(pickle.dumps(fitted))
     W = [w.copy() for w in est.W_]
-    assert _sklearn_error(lambda: est.partial_fit(X[:2], np.array([3, 11]))) == \
+    assert raised(lambda: est.partial_fit(X[:2], np.array([3, 11]))) == \
         (ValueError, "labels [11] are not in classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
-    assert _sklearn_error(lambda: est.partial_fit(X[:1], np.array([-1]))) == \
+    assert raised(lambda: est.partial_fit(X[:1], np.array([-1]))) == \
         (ValueError, "labels [-1] are not in classes=[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]")
     continuous = np.array([0.5, 1.0])
-    expected = _sklearn_error(lambda: check_classification_targets(continuous))
-    assert _sklearn_error(lambda: est.partial_fit(X[:2], continuous)) == expected
+    expected = raised(lambda: check_classification_targets(continuous))
+    assert raised(lambda: est.partial_fit(X[:2], continuous)) == expected
     for bad_y in (np.array([1, 2, 3]), np.array([1.0, np.nan]), np.array([[1, 2], [2, 3]])):
-        expected = _sklearn_error(lambda: validate_data(est, X[:2], bad_y, dtype=[np.float32, np.float64],
+        expected = raised(lambda: validate_data(est, X[:2], bad_y, dtype=[np.float32, np.float64],
                                                         reset=False))
         assert expected is not None
-        assert _sklearn_error(lambda: est.partial_fit(X[:2], bad_y)) == expected
+        assert raised(lambda: est.partial_fit(X[:2], bad_y)) == expected
     for a, b in zip(W, est.W_):  # nothing was learnt from rejected calls
         np.testing.assert_array_equal(a, b)
     with pytest.warns(DataConversionWarning):  # a column of labels: accepted, as scikit-learn does

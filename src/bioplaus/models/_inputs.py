@@ -60,3 +60,18 @@ def labelled_rows(est, X, y):
     X, y = validate_data(est, X, y, dtype=list(FLOAT_DTYPES), reset=False)
     check_classification_targets(y)
     return X, label_indices(classes, y)
+
+
+def partial_fit_rows(est, X, y, classes):
+    """``(first, X, y_idx)`` of a ``partial_fit`` call: on the first call (``classes`` given,
+    ``est.classes_`` set from it) scikit-learn's full checks, which also record
+    ``n_features_in_``; on later calls :func:`labelled_rows` (the same errors, cheap for plain arrays)."""
+    from sklearn.utils.multiclass import _check_partial_fit_first_call  # private: the one sklearn uses
+
+    first = _check_partial_fit_first_call(est, classes)
+    if first:
+        X, y = validate_data(est, X, y, dtype=list(FLOAT_DTYPES), reset=True)
+        check_classification_targets(y)
+        return True, X, label_indices(est.classes_, y)
+    X, y_idx = labelled_rows(est, X, y)
+    return False, X, y_idx

@@ -33,7 +33,7 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from bioplaus.errors import InvalidConfigurationError
@@ -346,13 +346,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         changed with ``set_params`` between calls (rates, momentum) apply from
         this call on; the structure (``hidden_layer_sizes``, ``dtype``) cannot change.
         """
-        first = _check_partial_fit_first_call(self, classes)
-        if first:
-            X, y = validate_data(self, X, y, dtype=list(_inputs.FLOAT_DTYPES), reset=True)
-            check_classification_targets(y)
-            y_idx = _inputs.label_indices(self.classes_, y)
-        else:  # scikit-learn's checks, with a cheap path for plain arrays (same errors)
-            X, y_idx = _inputs.labelled_rows(self, X, y)
+        first, X, y_idx = _inputs.partial_fit_rows(self, X, y, classes)
         dtype = self._float_dtype()
         hidden = self._validate_common()
         if first:
