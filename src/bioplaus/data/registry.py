@@ -89,6 +89,10 @@ class DatasetInfo:
         c, h, w = self.shape
         return c * h * w
 
+    def prepared_samples(self, max_samples: int | None = None) -> int:
+        """Images a prepared copy holds: ``min(n_samples, max_samples)`` (None: all ``n_samples``)."""
+        return self.n_samples if max_samples is None else min(self.n_samples, int(max_samples))
+
     def prepared_nbytes(self, max_samples: int | None = None) -> int:
         """Bytes of the prepared float32 image array ``X`` (see :mod:`bioplaus.data.cache`).
 
@@ -96,8 +100,7 @@ class DatasetInfo:
         (4 bytes each); ``max_samples`` None = all ``n_samples`` images. The
         int64 labels add 8 bytes per image on top of this.
         """
-        n = self.n_samples if max_samples is None else min(self.n_samples, int(max_samples))
-        return n * self.n_features * np.dtype(np.float32).itemsize
+        return self.prepared_samples(max_samples) * self.n_features * np.dtype(np.float32).itemsize
 
 
 _DIGIT_NAMES = tuple(str(d) for d in range(10))

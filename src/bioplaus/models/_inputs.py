@@ -17,7 +17,7 @@ same errors and is converted the same way.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import validate_data
 
 #: The floating dtypes the estimators accept as they are (``validate_data(dtype=...)``).
@@ -66,8 +66,6 @@ def partial_fit_rows(est, X, y, classes):
     """``(first, X, y_idx)`` of a ``partial_fit`` call: on the first call (``classes`` given,
     ``est.classes_`` set from it) scikit-learn's full checks, which also record
     ``n_features_in_``; on later calls :func:`labelled_rows` (the same errors, cheap for plain arrays)."""
-    from sklearn.utils.multiclass import _check_partial_fit_first_call  # private: the one sklearn uses
-
     first = _check_partial_fit_first_call(est, classes)
     if first:
         X, y = validate_data(est, X, y, dtype=list(FLOAT_DTYPES), reset=True)

@@ -66,8 +66,7 @@ import numpy as np
 from bioplaus.errors import ConfigError, InvalidConfigurationError
 from bioplaus.models.registry import get_model
 from bioplaus.study.evaluation import PREDICT_CHUNK_ROWS
-from bioplaus.study.samplers import SAMPLER_STREAMS
-from bioplaus.study.seeds import SAMPLER, derive_seed
+from bioplaus.study.samplers import SAMPLER_STREAMS, draw_seed
 
 __all__ = [
     "Work", "PointWork", "draw_points", "valid_points", "point_work", "machine_rates", "roofline_seconds",
@@ -111,7 +110,7 @@ def draw_points(model: str, seed: int, draws: int | Sequence[int], options: Mapp
 
     The study's :class:`~bioplaus.study.samplers.PerTrialSeededSampler` gives
     draw ``d`` an optuna ``RandomSampler`` seeded
-    ``derive_seed(seed, SAMPLER, SAMPLER_STREAMS["random"], d)``, which draws
+    ``draw_seed(seed, SAMPLER_STREAMS["random"], d)``, which draws
     every parameter of the space in its declared order; so does this.
     ``draws``: a count (indices 0 .. draws - 1) or the indices.
     """
@@ -120,7 +119,7 @@ def draw_points(model: str, seed: int, draws: int | Sequence[int], options: Mapp
     space = get_model(model).search_space(dict(options or {}))
     indices = range(int(draws)) if isinstance(draws, (int, np.integer)) else draws
     for d in indices:
-        sampler = RandomSampler(seed=derive_seed(int(seed), SAMPLER, SAMPLER_STREAMS["random"], int(d)))
+        sampler = RandomSampler(seed=draw_seed(seed, SAMPLER_STREAMS["random"], d))
         yield int(d), {name: sampler.sample_independent(None, None, name, dist) for name, dist in space.items()}
 
 
@@ -857,8 +856,7 @@ def predict_study(config: Mapping[str, Any], cores: int, calibration: Calibratio
     notes = []
 
     info = {d: dataset_info(d) for d in datasets}
-    n_rows = {d: min(info[d].n_samples, int((datasets[d] or {}).get("max_samples") or info[d].n_samples))
-              for d in datasets}
+    n_rows = {d: info[d].prepared_samples((datasets[d] or {}).get("max_samples")) for d in datasets}
     need = n_trials if "random" in samplers else 0
     cache: dict[tuple, _Pool] = {}
     pools: dict[tuple[str, str], _Pool] = {}

@@ -161,6 +161,11 @@ class SkoptGPSampler(BaseSampler):
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
 
+def draw_seed(seed: int, stream: int, draw: int) -> int:
+    """The seed of draw ``draw``'s sampler in a study seeded ``seed`` (``stream``: :data:`SAMPLER_STREAMS`)."""
+    return derive_seed(int(seed), SAMPLER, int(stream), int(draw))
+
+
 class PerTrialSeededSampler(BaseSampler):
     """Wraps a sampler factory; a trial of draw index ``d`` gets ``factory(derive_seed(seed, SAMPLER, stream, d))``.
 
@@ -179,8 +184,7 @@ class PerTrialSeededSampler(BaseSampler):
         if s is None:
             if len(self._cache) > 64:
                 self._cache.clear()
-            s = self._cache[trial.number] = self._factory(
-                derive_seed(self._seed, SAMPLER, self._stream, self._draw(trial)))
+            s = self._cache[trial.number] = self._factory(draw_seed(self._seed, self._stream, self._draw(trial)))
         return s
 
     def _draw(self, trial: FrozenTrial) -> int:
