@@ -7,6 +7,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from float32_checks import FLOAT32_EXPECTED_FAILED
+
 from bioplaus.models import BackpropSGDClassifier, FeedbackAlignmentClassifier, get_model
 from bioplaus.models.registry import available_models
 from bioplaus.study.alignment import supports_alignment
@@ -74,11 +76,8 @@ def test_registry_entry_is_a_backprop_control_without_feedback_scale():
     assert isinstance(est, BackpropSGDClassifier) and est.hidden_layer_sizes == (500, 500)
 
 
-EXPECTED_FAILED = {"check_methods_subset_invariance": "float32 BLAS rounding differs with batch size"}
-
-
 @parametrize_with_checks([BackpropSGDClassifier(hidden_layer_sizes=(30,), learning_rate=0.1, momentum=0.9,
                                                 epochs=30, batch_size=20, random_state=0)],
-                         expected_failed_checks=lambda estimator: EXPECTED_FAILED)
+                         expected_failed_checks=lambda estimator: FLOAT32_EXPECTED_FAILED)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

@@ -13,6 +13,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from float32_checks import FLOAT32_EXPECTED_FAILED
+
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import CNNClassifier, get_model
 from bioplaus.models.cnn import DEFAULT_PARAMS, check_geometry, check_params
@@ -248,20 +250,14 @@ def test_divergence_stops_and_predicts_at_chance(digits, how):
 
 # The checks feed flat rows of 2-20 features with no input_shape, read as
 # 1 x 1 x n_features images: one block with kernel 2 and padding 1 fits any of them.
-SKIPPED_CHECKS = {
-    # float32 products: a one-row batch goes through BLAS's matrix-vector kernel,
-    # a larger one through the matrix-matrix kernel, which sum in another order
-    # (differences ~1e-7, relative); the check demands equality to rtol 1e-7.
-    # Invariance to float32 precision is tested in
-    # test_prediction_uses_running_statistics_not_the_batch.
-    "check_methods_subset_invariance": "float32 BLAS rounding differs with batch size",
-}
+# One check may fail (float32_checks); float32 invariance is tested in
+# test_prediction_uses_running_statistics_not_the_batch.
 
 
 @parametrize_with_checks(
     [CNNClassifier(n_blocks=1, channels=16, kernel_sizes=2, padding=1, batch_size=16, epochs=20,
                    learning_rate=1e-2, random_state=0)],
-    expected_failed_checks=lambda estimator: SKIPPED_CHECKS,
+    expected_failed_checks=lambda estimator: FLOAT32_EXPECTED_FAILED,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)

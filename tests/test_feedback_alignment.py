@@ -10,6 +10,8 @@ from optuna.distributions import CategoricalDistribution
 from sklearn.datasets import load_digits
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from float32_checks import FLOAT32_EXPECTED_FAILED, assert_subset_invariant
+
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.study.evaluation import _is_diverged
 from bioplaus.models import (
@@ -32,16 +34,13 @@ def digits():
 
 # ------------------------------------------------------------------ scikit-learn API
 
-# One check may fail: float32 products of a one-row batch go through BLAS's matrix-vector
-# kernel, a larger batch through the matrix-matrix kernel, which sum in another order
-# (differences ~1e-7, seen for sign symmetry on AVX-512 machines) against the check's atol
-# 1e-7. test_scores_of_a_subset_equal_those_in_the_full_batch checks it to float32 precision.
-EXPECTED_FAILED = {"check_methods_subset_invariance": "float32 BLAS rounding differs with batch size"}
+# One check may fail (float32_checks; seen for sign symmetry):
+# test_scores_of_a_subset_equal_those_in_the_full_batch replaces it.
 
 
 @parametrize_with_checks([cls(hidden_layer_sizes=(30,), learning_rate=0.1, momentum=0.9, epochs=30, batch_size=20,
                               random_state=0) for cls in RULES],
-                         expected_failed_checks=lambda estimator: EXPECTED_FAILED)
+                         expected_failed_checks=lambda estimator: FLOAT32_EXPECTED_FAILED)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -51,10 +50,7 @@ def test_scores_of_a_subset_equal_those_in_the_full_batch(cls, digits):
     X, y = digits
     est = cls(hidden_layer_sizes=(30,), learning_rate=0.1, momentum=0.9, epochs=3, batch_size=20,
               random_state=0).fit(X[:300], y[:300])
-    full = est.predict_proba(X[:200])
-    for start, stop in ((0, 1), (7, 8), (10, 60), (150, 200)):
-        np.testing.assert_allclose(est.predict_proba(X[start:stop]), full[start:stop], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.concatenate([est.predict(X[k:k + 1]) for k in range(50)]), est.predict(X[:50]))
+    assert_subset_invariant(est, X)
 
 
 # ------------------------------------------------------------------ what each rule is

@@ -10,6 +10,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from float32_checks import FLOAT32_EXPECTED_FAILED, assert_subset_invariant
+
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import SegregatedDendriteClassifier, get_model
 from bioplaus.models.segdend.config import Config
@@ -27,18 +29,12 @@ def digits():
 # ------------------------------------------------------------------ scikit-learn API
 
 # ``check_array_api_input`` skips itself unless SCIPY_ARRAY_API is set (we do not support
-# array-API inputs: the simulator is NumPy). One check is expected to fail on some machines:
-EXPECTED_FAILED = {
-    # float32 products: a one-row batch goes through BLAS's matrix-vector kernel, a larger one
-    # through the matrix-matrix kernel, which sum in another order (differences ~2e-7 on
-    # AVX-512 machines); the check demands equality to atol 1e-7. Invariance to float32
-    # precision is tested in test_scores_of_a_subset_equal_those_in_the_full_batch.
-    "check_methods_subset_invariance": "float32 BLAS rounding differs with batch size",
-}
+# array-API inputs: the simulator is NumPy). One check may fail on some machines
+# (float32_checks); test_scores_of_a_subset_equal_those_in_the_full_batch replaces it.
 
 
 @parametrize_with_checks([SegregatedDendriteClassifier(hidden_layer_sizes=(30,), epochs=5, random_state=0)],
-                         expected_failed_checks=lambda estimator: EXPECTED_FAILED)
+                         expected_failed_checks=lambda estimator: FLOAT32_EXPECTED_FAILED)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -46,10 +42,7 @@ def test_sklearn_estimator_checks(estimator, check):
 def test_scores_of_a_subset_equal_those_in_the_full_batch(digits):
     X, y = digits
     est = SegregatedDendriteClassifier(hidden_layer_sizes=(30,), epochs=1, random_state=0).fit(X[:300], y[:300])
-    full = est.predict_proba(X[:200])
-    for start, stop in ((0, 1), (7, 8), (10, 60), (150, 200)):
-        np.testing.assert_allclose(est.predict_proba(X[start:stop]), full[start:stop], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(np.concatenate([est.predict(X[k:k + 1]) for k in range(50)]), est.predict(X[:50]))
+    assert_subset_invariant(est, X)
 
 
 def test_learns_digits_and_is_deterministic(digits):
