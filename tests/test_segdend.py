@@ -578,3 +578,35 @@ def test_max_state_mb_is_validated(digits):
     X, y = digits
     with pytest.raises(InvalidConfigurationError, match="max_state_mb"):
         SegregatedDendriteClassifier(hidden_layer_sizes=(10,), max_state_mb=0).fit(X[:20], y[:20])
+
+
+@pytest.mark.parametrize("kw", [
+    dict(use_spiking_feedforward=True, use_spiking_feedback=True, update_feedback_weights=True),
+    dict(use_spiking_feedforward=True, use_backprop=True),
+    dict(use_spiking_feedback=True),  # feedback fixed: its ring is left as it is
+    dict(use_spiking_feedforward=True, use_spiking_feedback=True, use_symmetric_weights=True),
+], ids=["learned-feedback", "backprop", "fixed-feedback", "symmetric"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_spike_rings_follow_weight_updates_as_a_full_projection_would(kw, B):
+    """After each update the rings of spike projections (corrected by low-rank terms, or left alone
+    when their matrix did not move) and their traces equal projecting every spike again."""
+    cfg = Config(sizes=(20, 12, 9, 6), f_etas=(0.3, 0.3, 0.3), b_etas=(0.2, 0.2), mem=7, lambda_max=0.6,
+                 l_f_phase=8, l_t_phase=6, integration_time=4, **kw)
+    rng = np.random.default_rng(3)
+    w = Weights.initial(cfg, rng, np.float32)
+    sim, st = Simulator(cfg, np.float32), State(cfg, B, np.float32)
+    streams = RandomStreams(np.random.default_rng(4), np.float32)
+    X = rng.uniform(size=(40 * B, 20))
+    T = np.repeat(np.eye(6)[rng.integers(0, 6, 40)], B, axis=0)
+    paths = [(p, w.WT, l) for l, p in enumerate(st.ff) if p.spiking] + \
+            [(q, w.YT, l) for l, q in enumerate(st.fb) if q.spiking]
+    assert paths
+    for i in range(40):
+        sim.train_batch(st, w, X[i * B:(i + 1) * B], T[i * B:(i + 1) * B], streams)
+        for p, mats, l in paths:
+            proj, trace = p.proj.copy(), p.trace.copy()
+            age = (st.step - np.arange(st.mem)) % st.mem
+            p.reproject(mats[l], (st._decays[:, None] ** (age + 1)).astype(np.float32))
+            scale = max(1.0, float(np.abs(p.proj).max()))
+            np.testing.assert_allclose(proj, p.proj, rtol=0, atol=2e-5 * scale)
+            np.testing.assert_allclose(trace, p.trace, rtol=0, atol=2e-5 * scale)

@@ -337,7 +337,7 @@ def _segdend_work(est, n_in, n_classes, train_rows, test_rows, input_mean):
              + _segdend_phase(cfg, train_state, cfg.l_t_phase + extra, new_input=False, collect_psp=False, **common))
     # local errors and updates: a rank-1 (rank-B) product per feedforward matrix, queued (DEFER_RANK
     # at a time) or applied in place; learned feedback likewise
-    upd_f = upd_b = 0.0
+    upd_f = upd_b = upd_r = 0.0
     for l in range(nL):
         entries = sizes[l] * sizes[l + 1]
         upd_f += 2.0 * entries + 12.0 * sizes[l + 1]
@@ -352,23 +352,35 @@ def _segdend_work(est, n_in, n_classes, train_rows, test_rows, input_mean):
             upd_b += s * (2.0 + (3.0 if cfg.use_sparse_feedback else 0.0)) * n_fb * n / batch
         if cfg.use_symmetric_weights:  # feedback re-imposed from the forward weights after every update
             upd_b += s * 2.0 * n_fb * n / batch
+            if cfg.noisy_symmetric_weights:  # N(0, 0.05) noise: a matrix under broadcast, else a number
+                upd_r += (sizes[l + 2] * n if cfg.use_broadcast else 1.0) / batch
             if cfg.use_broadcast and l < nL - 2:
                 upd_f += 2.0 * sizes[-1] * sizes[l + 2] * n / batch
-    # after each update the spike ring's projections are recomputed for the new weights
+    # after each update the spike rings follow the new weights (State.reproject): a rank-batch
+    # correction of the ring where the matrix moved by the learning rule, every spike projected again
+    # where it was replaced (symmetric feedback, sparse masks), nothing where it did not move
     mem = cfg.mem
     active_hidden = 1.0 - math.exp(-cfg.lambda_max * HIDDEN_RATE_FRACTION)
     active_in = 1.0 - math.exp(-cfg.lambda_max * input_mean)
+
+    def ring_work(n_src, n, a, replaced):
+        if replaced:
+            return Work(2.0 * mem * a * n_src * n, s * (mem * _rows_read(a, mem * batch) * n_src * n + mem * n))
+        # (mem B, n_src) @ (n_src, B) then a rank-B update of the (mem B, n) ring, per example
+        return Work(2.0 * mem * batch * (n_src + n) + 4.0 * mem * n,
+                    s * (mem * n_src + 2.0 * mem * n + 2.0 * mem * n))
+    ring = Work()
     for l, p in enumerate(train_state.ff):
         if p.spiking:
-            a = active_in if l == 0 else active_hidden
-            upd_f += 2.0 * mem * a * sizes[l] * sizes[l + 1]
-            upd_b += s * (mem * _rows_read(a, mem * batch) * sizes[l] * sizes[l + 1] + mem * sizes[l + 1])
+            ring = ring + ring_work(sizes[l], sizes[l + 1], active_in if l == 0 else active_hidden, False)
     for l, q in enumerate(train_state.fb):
         if q.spiking:
-            n_fb = sizes[cfg.feedback_source(l) + 1]
-            upd_f += 2.0 * mem * active_hidden * n_fb * sizes[l + 1]
-            upd_b += s * (mem * _rows_read(active_hidden, mem * batch) * n_fb * sizes[l + 1] + mem * sizes[l + 1])
-    train = train + Work(upd_f, upd_b)
+            replaced = cfg.use_symmetric_weights or (cfg.update_feedback_weights and cfg.use_sparse_feedback)
+            if replaced or cfg.update_feedback_weights:
+                ring = ring + ring_work(sizes[cfg.feedback_source(l) + 1], sizes[l + 1], active_hidden, replaced)
+    upd_f += ring.flops
+    upd_b += ring.bytes
+    train = train + Work(upd_f, upd_b, upd_r)
     test = _segdend_phase(cfg, test_state, cfg.l_f_phase_test, new_input=True, collect_psp=False,
                           batch=test_batch, itemsize=s, input_mean=input_mean, deferred=[0.0] * nL,
                           defer_rank=DEFER_RANK)

@@ -402,9 +402,13 @@ class Simulator:
         scales = self._scales(f_etas)
         if alignment is not None:  # the control's hidden errors, before any weight moves
             bp_errors = self._backprop_hidden_errors(w, fsums[0], fwd["psp_ff"], E, scales, B)
+        # what changed in each matrix, for the spike rings' projections (State.reproject)
+        psp_ff = fwd["psp_ff"]
+        changes = {}
         if cfg.use_backprop:
             w.touched()
-            self._backprop_updates(w, fsums[0], fwd["psp_ff"], E, scales, B)
+            self._backprop_updates(w, fsums[0], psp_ff, E, scales, B)
+            changes.update({("ff", l): [(psp_ff[l], E[l], -scales[l] / B)] for l in range(nL)})
         elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
             defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
             mode, deferred, direct = self._update_modes(w, defer)
@@ -414,24 +418,28 @@ class Simulator:
             _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
             for l in range(nL):
                 if mode[l] == 0:
-                    rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l])
+                    rank_update(w.WT[l], psp_ff[l], E[l], -scales[l])
                 elif mode[l] == 1 and pending_m[l] == _state.DEFER_RANK:
                     w.flush(l)
+                changes[("ff", l)] = [(psp_ff[l], E[l], -scales[l])]
         else:
             w.touched()
             for l in range(nL):
                 w.flush(l)
-                rank_update(w.WT[l], fwd["psp_ff"][l], E[l], -scales[l] / B)
+                rank_update(w.WT[l], psp_ff[l], E[l], -scales[l] / B)
                 w.b[l] -= scales[l] * E[l].mean(axis=0)
+                changes[("ff", l)] = [(psp_ff[l], E[l], -scales[l] / B)]
         if cfg.update_feedback_weights:
             for l in range(nL - 1):
                 rank_update(w.YT[l], fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)
+                changes[("fb", l)] = [(fwd["psp_fb"][l], E_inv[l], -b_etas[l] / B)]
                 if w.c[l] is not None:
                     w.c[l] -= dt.type(b_etas[l]) * E_inv[l].mean(axis=0)
                 if w.masks[l] is not None and not cfg.use_symmetric_weights:
                     # the reference re-imposes the sparse mask after every feedback update, survivors
                     # times 5 each time (so they grow 5-fold per example)
                     w.YT[l] *= w.masks[l] * SPARSE_GAIN
+                    changes[("fb", l)] = _state.CHANGED
         if alignment is not None:  # E now holds the hidden errors the update used (either rule)
             alignment.append(update_angles(fwd["psp_ff"][:nL - 1], E[:nL - 1], bp_errors))
         if cfg.use_symmetric_weights:
@@ -439,7 +447,8 @@ class Simulator:
             if cfg.noisy_symmetric_weights:
                 noise = lambda shape: streams.normal(NOISY_SYMMETRIC_SD, shape)  # noqa: E731
             w.impose_symmetry(cfg, noise)
-        st.reproject(w)
+            changes.update({("fb", l): _state.CHANGED for l in range(nL - 1)})
+        st.reproject(w, changes)
         finite = math.isfinite(st.sources[-1].rates.sum()) and math.isfinite(w.b[0].sum())
         return loss, finite
 

@@ -308,6 +308,10 @@ class _Source:
     version = _ArrayItem("_versions")
 
 
+#: In :meth:`State.reproject`'s ``changes``: a matrix changed other than by low-rank terms.
+CHANGED = "changed"
+
+
 class _Pathway:
     """Dendritic drive ``PSP @ M`` of one compartment (``M`` = ``WT[l]`` or ``YT[l]``).
 
@@ -331,6 +335,27 @@ class _Pathway:
         and the traces from them (``trace_weights`` (2, mem): weight of each ring slot)."""
         mem, B, n = self.source.hist.shape
         _kernel.project(self.source.hist.reshape(mem * B, n), M, self.proj.reshape(mem * B, -1))
+        np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
+
+    def correct(self, terms, trace_weights):
+        """Follow low-rank changes ``M += alpha a^T q`` of ``M`` (``terms``: ``(a, q, alpha)``
+        with ``a`` (r, n_src), ``q`` (r, n_out)) without projecting the ring again.
+
+        The projection of ring slot ``k`` is ``S_k @ M``, so the change adds
+        ``alpha (S_k @ a^T) @ q`` to it: a product of the spike ring with ``a``
+        (``mem B r n_src`` multiply-adds) and a rank-``r`` update of the ring
+        (``mem B r n_out``), instead of projecting every spike again
+        (``mem B n_src n_out`` times the share of sources that spiked). The
+        traces are formed from the corrected ring (``trace_weights`` as in
+        :meth:`reproject`). The same numbers as :meth:`reproject` up to
+        rounding (a few units in the last place of the projections).
+        """
+        mem, B, n = self.source.hist.shape
+        spikes = self.source.hist.reshape(mem * B, n)
+        proj = self.proj.reshape(mem * B, -1)
+        for a, q, alpha in terms:
+            coef = np.ascontiguousarray((spikes @ a.T).T)  # (r, mem B)
+            rank_update(proj, coef, q, alpha)
         np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
 
 
@@ -463,8 +488,16 @@ class State:
             arrays += [p.drive, p.proj, p.trace]
         return int(sum(a.nbytes for a in arrays if a is not None))
 
-    def reproject(self, weights: Weights):
-        """Make every cached drive consistent with new weights."""
+    def reproject(self, weights: Weights, changes=None):
+        """Make every cached drive consistent with new weights.
+
+        ``changes``: None (any matrix may have changed: every spiking pathway
+        is projected again), or what changed since the last call, keyed
+        ``("ff", l)`` (``WT[l]``) and ``("fb", l)`` (``YT[l]``): :data:`CHANGED`
+        (anything), or a list of low-rank terms ``(a, q, alpha)``, each the
+        update ``M += alpha a^T q`` (:meth:`_Pathway.correct`); a matrix
+        absent from ``changes`` did not change (its ring stays as it is).
+        """
         ff, fb = self._spiking_paths
         if ff:
             weights.flush()
@@ -473,10 +506,13 @@ class State:
         if ff or fb:
             age = (self.step - np.arange(self.mem)) % self.mem  # ring slot k holds the projection of step - age[k]
             trace_weights = (self._decays[:, None] ** (age + 1)).astype(self.dtype)
-            for l, p in ff:
-                p.reproject(weights.WT[l], trace_weights)
-            for l, p in fb:
-                p.reproject(weights.YT[l], trace_weights)
+            for kind, paths, mats in (("ff", ff, weights.WT), ("fb", fb, weights.YT)):
+                for l, p in paths:
+                    change = CHANGED if changes is None else changes.get((kind, l))
+                    if change is CHANGED:
+                        p.reproject(mats[l], trace_weights)
+                    elif change:
+                        p.correct(change, trace_weights)
 
 
 
