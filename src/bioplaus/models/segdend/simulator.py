@@ -51,7 +51,7 @@ import math
 
 import numpy as np
 
-from bioplaus.models.segdend import _kernel
+from bioplaus.models.segdend import _kernel, _noise
 from bioplaus.models.segdend.config import (
     PLATEAU_OFFSET_MAX, PLATEAU_OFFSET_SD, UNIFORM_BLOCK, WALD_MEAN, WALD_SCALE, Config, validate,
 )
@@ -116,7 +116,9 @@ class RandomStreams:
     seeded from ``rng``: number ``i`` of the stream is a pure function of
     ``(spike_key, i)``, so the compiled simulator generates them where they are
     used and any grouping of draws gives the same numbers. float32 streams
-    carry 24 random bits per uniform, float64 streams 53.
+    carry 24 random bits per uniform, float64 streams 53. Normal numbers (the
+    noise of noisy symmetric feedback) come from the same key's outputs from
+    2^63 on (:mod:`._noise`), counted by ``normal_counter``.
     """
 
     def __init__(self, rng: np.random.Generator, dtype=np.float32):
@@ -124,6 +126,11 @@ class RandomStreams:
         self.spike_key = np.uint64(rng.integers(0, 2**64, dtype=np.uint64))
         self.spike_counter = 0  # uniforms used so far
         self.spike_bits = 24 if self.dtype == np.float32 else 53
+        self.normal_counter = 0  # normal numbers used so far
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.__dict__.setdefault("normal_counter", 0)  # pickled before normals came from the key
 
     def uniform(self, shape):
         """The next ``prod(shape)`` spike uniforms in [0, 1), in the streams' dtype."""
@@ -142,7 +149,11 @@ class RandomStreams:
                           PLATEAU_OFFSET_MAX)
 
     def normal(self, scale, shape):
-        return self.rng.normal(0.0, scale, size=shape)
+        """The next ``prod(shape)`` numbers of N(0, ``scale``^2), float64, in C order (:mod:`._noise`)."""
+        out = np.empty(shape, np.float64)
+        _noise.fill_normal(self.spike_key, self.normal_counter, float(scale), out.reshape(-1))
+        self.normal_counter += out.size
+        return out
 
 
 class Simulator:

@@ -1,0 +1,43 @@
+"""Normal numbers of the segdend random streams (noisy symmetric feedback): accuracy, distribution,
+determinism and independence from how the draws are grouped."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+from bioplaus.models.segdend import _noise
+from bioplaus.models.segdend.simulator import RandomStreams
+
+
+def test_quantile_matches_the_exact_inverse_normal_cdf_in_centre_and_tails():
+    u = np.concatenate([np.logspace(-16, np.log10(0.5), 20_000), 0.5 + np.linspace(-0.49, 0.49, 20_001),
+                        1.0 - np.logspace(-15, np.log10(0.4), 20_000), [0.02425, 1 - 0.02425]])
+    out = np.empty_like(u)
+    _noise.normal_quantile(u, out)
+    exact = special.ndtri(u)
+    np.testing.assert_allclose(out, exact, rtol=1.2e-9, atol=1e-12)  # Acklam's bound: 1.15e-9 relative
+
+
+def test_normals_are_standard_normal_and_scaled():
+    s = RandomStreams(np.random.default_rng(11))
+    z = s.normal(1.0, (1_000_000,))
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    assert abs(z.mean()) < 5e-3 and abs(z.std() - 1.0) < 5e-3
+    tail = np.mean(np.abs(z) > 3.0)  # the tail formula is used: P(|Z| > 3) = 0.0027
+    assert abs(tail - 0.0027) < 4e-4
+    s2 = RandomStreams(np.random.default_rng(11))
+    np.testing.assert_allclose(s2.normal(0.05, (1_000_000,)), 0.05 * z, rtol=1e-15)
+
+
+def test_normals_do_not_depend_on_grouping_and_leave_other_draws_alone():
+    a, b = RandomStreams(np.random.default_rng(5)), RandomStreams(np.random.default_rng(5))
+    whole = a.normal(0.05, (7, 30))
+    parts = np.concatenate([b.normal(0.05, (3, 30)).ravel(), b.normal(0.05, ()).ravel(),
+                            b.normal(0.05, (119,)).ravel()])
+    np.testing.assert_array_equal(whole.ravel(), parts)
+    assert a.normal_counter == b.normal_counter == 210
+    # spike uniforms and the Generator's own draws are not consumed by normals
+    c = RandomStreams(np.random.default_rng(5))
+    np.testing.assert_array_equal(a.uniform((50,)), c.uniform((50,)))
+    assert a.extra_phase_length() == c.extra_phase_length()
