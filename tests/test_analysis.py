@@ -443,3 +443,11 @@ def test_analysis_package_does_not_import_the_study_layer_or_the_cli():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_no_model_is_drawn_in_the_black_of_the_figures_keys():
+    """Keys (line styles of the alignment figure, medians, markers) are black: no model colour is."""
+    from bioplaus.analysis.figures import model_color
+    from bioplaus.models import available_models
+    models = available_models() + [f"extra-{i}" for i in range(20)]
+    assert all(model_color(m, models).lower() not in ("#000000", "black", "k") for m in models)

@@ -49,9 +49,10 @@ MODEL_ORDER = ["mlp", "cnn", "segdend"]
 #: Okabe-Ito colour-blind-safe palette; the same model has the same colour everywhere.
 MODEL_COLORS = {"mlp": "#0072B2", "cnn": "#009E73", "segdend": "#D55E00"}
 #: colours of the other models, in model order: the rest of Okabe-Ito (Okabe & Ito 2008,
-#: "Color universal design"), then Paul Tol's colour-blind-safe "muted" scheme (Tol 2021,
-#: "Colour schemes", SRON/EPS/TN/09-002); beyond them the list repeats with a new line style
-_EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#000000", "#332288", "#117733", "#44AA99",
+#: "Color universal design") but its black, which the figures keep for keys (line styles,
+#: markers, medians), then Paul Tol's colour-blind-safe "muted" scheme (Tol 2021, "Colour
+#: schemes", SRON/EPS/TN/09-002); beyond them the list repeats with a new line style
+_EXTRA_COLORS = ["#CC79A7", "#E69F00", "#56B4E9", "#332288", "#117733", "#44AA99",
                  "#88CCEE", "#DDCC77", "#CC6677", "#AA4499", "#882255", "#999933"]
 _LINE_STYLES = ["-", "--", "-.", ":"]
 DATASET_ORDER = ["mnist", "fashion", "cifar10", "mnist-5k", "digits"]
@@ -100,7 +101,7 @@ def _extra_index(model: str, models) -> int:
 
 def model_color(model: str, models=None) -> str:
     """Fixed colour of a model (:data:`MODEL_COLORS`); the other models of ``models`` take
-    the colours of ``_EXTRA_COLORS`` in model order (distinct for up to 13 of them; without
+    the colours of ``_EXTRA_COLORS`` in model order (distinct for up to 12 of them; without
     ``models``, a stable colour by name)."""
     if model in MODEL_COLORS:
         return MODEL_COLORS[model]
