@@ -148,12 +148,34 @@ class RandomStreams:
         return np.minimum(np.abs(self.rng.normal(0.0, PLATEAU_OFFSET_SD, size=shape)).astype(np.int64),
                           PLATEAU_OFFSET_MAX)
 
+    def normal_added(self, scale, M):
+        """``M + normal(scale, M.shape)`` in ``M``'s dtype (the normals rounded to it first, as
+        ``M + normal(...).astype(M.dtype)`` gives), without a float64 temporary."""
+        out = np.empty(M.shape, M.dtype)
+        _noise.fill_normal(self.spike_key, self.normal_counter, float(scale), out.reshape(-1))
+        self.normal_counter += out.size
+        np.add(M, out, out=out)
+        return out
+
     def normal(self, scale, shape):
         """The next ``prod(shape)`` numbers of N(0, ``scale``^2), float64, in C order (:mod:`._noise`)."""
         out = np.empty(shape, np.float64)
         _noise.fill_normal(self.spike_key, self.normal_counter, float(scale), out.reshape(-1))
         self.normal_counter += out.size
         return out
+
+
+class _SymmetricNoise:
+    """The N(0, 0.05^2) noise of noisy symmetric feedback from ``streams`` (:meth:`Weights.impose_symmetry`):
+    ``noise(shape)``, and ``noise.added_to(M)`` where the streams offer ``normal_added``."""
+
+    def __init__(self, streams):
+        self.streams = streams
+        if hasattr(streams, "normal_added"):
+            self.added_to = lambda M: streams.normal_added(NOISY_SYMMETRIC_SD, M)  # noqa: E731
+
+    def __call__(self, shape):
+        return self.streams.normal(NOISY_SYMMETRIC_SD, shape)
 
 
 class Simulator:
@@ -456,7 +478,7 @@ class Simulator:
         if cfg.use_symmetric_weights:
             noise = None
             if cfg.noisy_symmetric_weights:
-                noise = lambda shape: streams.normal(NOISY_SYMMETRIC_SD, shape)  # noqa: E731
+                noise = _SymmetricNoise(streams)
             w.impose_symmetry(cfg, noise)
             changes.update({("fb", l): _state.CHANGED for l in range(nL - 1)})
         st.reproject(w, changes)

@@ -170,13 +170,18 @@ class Weights:
         transpose: a matrix under broadcast, one number per layer without
         (the reference code's choice; the specification is silent). Sparse
         masks are applied afterwards (survivors times 5); the products are
-        formed from the unmasked matrices.
+        formed from the unmasked matrices. A ``noise`` with an ``added_to(M)``
+        method (``M + noise(M.shape)`` in ``M``'s dtype, formed without a
+        float64 temporary) gives the matrices that way: the same numbers.
         """
         L = cfg.n_layers
         unmasked = [None] * (L - 1)
+        added_to = getattr(noise, "added_to", None) if cfg.use_broadcast else None
         for l in range(L - 2, -1, -1):
             Wt_above = self.WT[l + 1].T  # W_{l+1} (n_{l+1}, n_l) == Y_l^T for the layer above
-            if noise is not None:
+            if added_to is not None:  # (W_{l+1}^T + N)^T with N's numbers in C order of WT[l + 1]
+                Wt_above = added_to(self.WT[l + 1]).T
+            elif noise is not None:
                 shape = Wt_above.shape[::-1] if cfg.use_broadcast else ()
                 Wt_above = Wt_above + noise(shape).T.astype(Wt_above.dtype)
             if cfg.use_broadcast and l < L - 2:
@@ -187,9 +192,17 @@ class Weights:
         for l in range(L - 1):
             Y = unmasked[l]
             if self.masks[l] is not None:
-                Y = Y * (self.masks[l] * SPARSE_GAIN)
+                Y = Y * self._gained_mask(l)
             self.YT[l] = np.ascontiguousarray(Y, dtype=self.WT[0].dtype)
         self._kernel_arrays = None
+
+    def _gained_mask(self, l):
+        """``masks[l] * SPARSE_GAIN`` (the same array while ``masks[l]`` is the same object)."""
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        hit = cache.get(l)
+        if hit is None or hit[0] is not self.masks[l]:
+            hit = cache[l] = (self.masks[l], self.masks[l] * SPARSE_GAIN)
+        return hit[1]
 
     def copy(self):
         self.flush()
