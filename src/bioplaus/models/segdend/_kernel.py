@@ -242,15 +242,68 @@ def _sample(rates, p_fixed, use_p_fixed, U, base, key, bits, S, one):
                 Sb[i] = _poisson(lam, u, p)
 
 
+@intrinsic
+def _prefetch_row(typingctx, M, i):
+    """Ask the processor to bring row ``i`` of the C-contiguous 2-D array ``M`` into the caches
+    (one prefetch per 64-byte line; no effect on any value)."""
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        zero = context.get_constant(types.intp, 0)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], zero])
+        i8p = ir.IntType(8).as_pointer()
+        base = builder.bitcast(ptr, i8p)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        nbytes = builder.mul(builder.extract_value(ary.shape, 1),
+                             context.get_constant(types.intp, context.get_abi_sizeof(
+                                 context.get_data_type(aryty.dtype))))
+        with cgutils.for_range_slice(builder, zero, nbytes, context.get_constant(types.intp, 64)) as (off, _):
+            builder.call(fn, [builder.gep(base, [off]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(M, types.intp), codegen
+
+
+#: Active sources ahead whose rows :func:`_project` prefetches (one example: rows are scattered).
+PREFETCH_AHEAD = 4
+
+
 @njit
 def _project(S, M, out, rows):
     """``out = S @ M`` for spike counts ``S`` (B, n), skipping silent sources.
 
+    Every entry is ``0 + s_i1 M[i1, j] + s_i2 M[i2, j] + ...`` over the active
+    sources in increasing order (both layouts below give the same numbers).
     Source-major: each active row of ``M`` is read once and added to every
-    example that spiked on it (``rows``: scratch of B ints).
+    example that spiked on it (``rows``: int scratch of at least B). One
+    example (B = 1) with a scratch of at least n: the active sources are
+    listed first and the rows ``PREFETCH_AHEAD`` sources ahead prefetched
+    while a row is added (its rows are scattered through a matrix larger than
+    the caches).
     """
     B, n = S.shape
     m = M.shape[1]
+    if B == 1 and rows.size >= n:
+        o, s0 = out[0], S[0]
+        for j in range(m):
+            o[j] = 0.0
+        k = 0
+        for i in range(n):  # without branches
+            rows[k] = i
+            k += s0[i] != 0.0
+        for q in range(min(k, PREFETCH_AHEAD)):
+            _prefetch_row(M, rows[q])
+        for q in range(k):
+            if q + PREFETCH_AHEAD < k:
+                _prefetch_row(M, rows[q + PREFETCH_AHEAD])
+            i = rows[q]
+            s = s0[i]
+            Mi = M[i]
+            for j in range(m):
+                o[j] += s * Mi[j]
+        return
     for b in range(B):
         o = out[b]
         for j in range(m):
@@ -274,7 +327,7 @@ def _project(S, M, out, rows):
 @njit(**_JIT)
 def project(S, M, out):
     """``out = S @ M`` for spike counts ``S`` (rows, n), skipping silent sources."""
-    _project(S, M, out, np.empty(S.shape[0], np.int64))
+    _project(S, M, out, np.empty(max(S.shape[0], S.shape[1]), np.int64))
 
 
 @njit(inline="always")
@@ -358,6 +411,15 @@ def _trace_drive(trace, inv_dtau, out):
 
 
 @njit
+def _widest(arrays):
+    """The largest second dimension of a tuple of 2-D arrays."""
+    w = 0
+    for x in arrays:
+        w = max(w, x.shape[1])
+    return w
+
+
+@njit
 def _dendrite(spiking, trace, inv_dtau, src_rates, M, out, seen, l, src_version):
     """Dendritic potential ``out`` before biases: from the PSP traces (spiking source; returns
     1), or ``src_rates @ M`` when the source's rates changed since ``seen[l]`` (returns 2;
@@ -408,7 +470,7 @@ def phase_steps(t_first, t_last, L_phase, start, step, mem, nL, flags, fb_src, c
     g_D, g_L, lam_max = consts[C_G_D], consts[C_G_L], consts[C_LAMBDA_MAX]
     n_hidden = nL - 1
     spiking_any = ff_spk or fb_spk
-    rows = np.empty(C[0].shape[0], np.int64)  # scratch of _project
+    rows = np.empty(max(C[0].shape[0], _widest(rates)), np.int64)  # scratch of _project
     one, E_E, E_I, sdt = consts[C_ONE], consts[C_E_E], consts[C_E_I], consts[C_DT]
     if t_first == 1:  # a new phase: empty sums; history spikes enter the mean PSPs once, now
         for l in range(nL):

@@ -101,6 +101,7 @@ def fill_normal(key, start, scale, out):
     n = out.size
     bound = _CENTRAL_BOUND * abs(scale)
     tail = np.empty(_TAIL_CHUNK, np.int64)
+    tu, tv = np.empty(_TAIL_CHUNK), np.empty(_TAIL_CHUNK)
     for j0 in range(0, n, _TAIL_CHUNK):
         j1 = min(n, j0 + _TAIL_CHUNK)
         for j in range(j0, j1):  # without branches: vectorised
@@ -109,7 +110,21 @@ def fill_normal(key, start, scale, out):
         for j in range(j0, j1):  # indices of the possible tails (about 5%), without branches
             tail[k] = j
             k += abs(out[j]) > bound
-        for q in range(k):  # only those: a loop over all numbers would be if-converted and
-            j = tail[q]     # vectorised, evaluating the tail formula's logarithm at every one
-            u = _uniform53(key, start + j)
-            out[j] = _quantile_fixed(u, _central(u)) * scale
+        # only those (a loop over all numbers would be if-converted and vectorised, taking the
+        # logarithm of every one), stage by stage: the logarithms are independent calls, the
+        # rest vectorised; _quantile_fixed's operations on each
+        for q in range(k):
+            u = _uniform53(key, start + tail[q])
+            tu[q] = u
+            tv[q] = u if u < 0.5 else 1.0 - u
+        for q in range(k):
+            tv[q] = math.log(tv[q])
+        for q in range(k):
+            u = tu[q]
+            t = math.sqrt(-2.0 * tv[q])
+            y = ((((((_C1 * t + _C2) * t + _C3) * t + _C4) * t + _C5) * t + _C6)
+                 / ((((_D1 * t + _D2) * t + _D3) * t + _D4) * t + 1.0))
+            y = y if u < 0.5 else -y
+            tv[q] = (y if (u < _P_LOW or u > 1.0 - _P_LOW) else _central(u)) * scale
+        for q in range(k):
+            out[tail[q]] = tv[q]
