@@ -13,7 +13,8 @@ for sources), so that few compiled versions serve networks of every depth
 Numerics are those of the specification: a layer's rates are
 ``lambda_max * sigmoid(C)``; spikes are Poisson counts by inverse CDF of one
 uniform per source neuron and step; spike projections ``S @ M`` skip silent
-sources (spikes are sparse). Sums run in a fixed order, so results do not
+sources (spikes are sparse; with one example the rows of the next active
+sources are prefetched). Sums run in a fixed order, so results do not
 depend on threads or machine load.
 """
 
