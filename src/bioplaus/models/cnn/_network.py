@@ -36,16 +36,17 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
 
     Per block, the forward pass keeps for the backward pass the normalised
     convolution output ``xhat`` (the output itself, centred and scaled in
-    place), the four pooling masks (one byte per pooled value each) and the
+    place), the pooling's window codes (one byte per pooled value) and the
     im2col patches when they fit the budget (else the block's input). A block's
-    forward pass also holds its patches (or one chunk of them) and the padded
-    input; its pooling forms one quarter of the batch-norm output at a time.
-    The backward pass releases each block's buffers once its gradients are
-    formed; in a block it holds the gradient of the block's output, the
-    gradient of the convolution output (the batch-norm gradient overwrites
-    it) and either a chunk of patches or the padded input gradient with one
-    product per kernel offset, besides weight-sized sums. Parameters, gradients and Adam's two moments are
-    added. Geometry as :func:`feature_map_shapes` (the caller checks it)."""
+    forward pass also holds its patches (or one chunk of them; the padding is
+    not copied); its pooling writes the pooled map in one pass. The backward
+    pass releases each block's buffers once its gradients are formed; in a
+    block it holds the gradient of the block's output, the gradient of the
+    convolution output (the batch-norm gradient overwrites it) and either a
+    chunk of patches or the input gradient with a chunk of patch gradients
+    (:func:`~._layers.col2im_chunk_size`), besides weight-sized sums.
+    Parameters, gradients and Adam's two moments are added. Geometry as
+    :func:`feature_map_shapes` (the caller checks it)."""
     c, h, w = (int(v) for v in input_shape)
     n, p = int(batch), int(padding)
     budget = L.PATCH_BUDGET_BYTES if max_patch_bytes is None else int(max_patch_bytes)
@@ -57,11 +58,10 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
         whole = chunk >= n
         b = dict(
             input=n * h * w * c * itemsize, conv=n * ho * wo * f * itemsize, quarter=n * hp * wp * f * itemsize,
-            masks=4 * n * hp * wp * f, patches=chunk * ho * wo * k * k * c * itemsize,
-            padded=chunk * (h + 2 * p) * (w + 2 * p) * c * itemsize if p else 0,
-            dxp=n * (h + 2 * p) * (w + 2 * p) * c * itemsize, part=n * ho * wo * c * itemsize,
-            bn_temp=min(L.BN_BACKWARD_ROWS, n * ho * wo) * f * itemsize, whole=whole,
-            weight=k * k * c * f * itemsize)
+            masks=n * hp * wp * f, patches=chunk * ho * wo * k * k * c * itemsize,
+            dx=n * h * w * c * itemsize,
+            dcols=L.col2im_chunk_size(n, ho, wo, c, k, itemsize) * ho * wo * k * k * c * itemsize,
+            whole=whole, weight=k * k * c * f * itemsize)
         b["kept"] = b["masks"] + b["conv"] + (b["patches"] if whole else b["input"])
         blocks.append(b)
         n_params += k * k * c * f + 2 * f
@@ -70,17 +70,15 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     peak, held = 0, 0
     for i, b in enumerate(blocks):  # forward
         x_in = 0 if (i > 0 and not b["whole"]) else b["input"]  # a chunked block keeps its input: in "kept"
-        conv_stage = held + x_in + b["patches"] + b["padded"] + b["conv"]
-        pool_stage = held + x_in + b["kept"] + 3 * b["quarter"]
+        conv_stage = held + x_in + b["patches"] + b["conv"]
+        pool_stage = held + x_in + b["kept"] + b["quarter"]
         peak = max(peak, conv_stage, pool_stage)
         held += b["kept"]
     for i in range(len(blocks) - 1, -1, -1):  # backward
         b = blocks[i]
-        dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dxp"]
-        relu_stage = held + dy + b["conv"] + b["quarter"]
-        conv_work = max(b["bn_temp"], 0 if b["whole"] else b["patches"] + b["padded"],
-                        b["dxp"] + b["part"] if i > 0 else 0) + 3 * b["weight"]  # gradient, product, transpose
-        peak = max(peak, relu_stage, held + dy + b["conv"] + conv_work)
+        dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dx"]
+        conv_work = max(0 if b["whole"] else b["patches"], b["dx"] + b["dcols"] if i > 0 else 0)
+        peak = max(peak, held + dy + b["conv"] + conv_work + 2 * b["weight"])  # gradient, product
         held -= b["kept"]
     return int(peak + 4 * n_params * itemsize + blocks[0]["input"])
 
@@ -175,9 +173,7 @@ class ConvNet:
 
             def normalise_pool(args):
                 (z, _, _, _), (cen, _) = args
-                bn_cache = L.batchnorm_normalise(cen, var, gamma, BN_EPS)
-                pooled, pool_cache = L.batchnorm_relu_pool_forward(bn_cache[0], gamma, beta, z.shape)
-                return pooled, bn_cache, pool_cache
+                return L.batchnorm_normalise_relu_pool(cen, var, gamma, beta, BN_EPS, z.shape)
 
             outs = list(run(normalise_pool, list(zip(convs, centred))))
             if update_running:
@@ -242,12 +238,9 @@ class ConvNet:
             for i, weight in enumerate(self.conv_weights):
                 z, _ = L.conv_forward(x, weight, self.stride, self.padding,
                                       self.max_patch_bytes)
-                n, h, wd, f = z.shape
-                z2 = z.reshape(-1, f)
-                zn = L.batchnorm_forward_eval(z2, self.bn_gammas[i], self.bn_betas[i],
-                                              self.running_means[i], self.running_vars[i],
-                                              BN_EPS, out=z2)
-                x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
+                x = L.batchnorm_eval_relu_pool(z, self.bn_gammas[i], self.bn_betas[i],
+                                               self.running_means[i], self.running_vars[i],
+                                               BN_EPS)
             return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight,
                                     self.linear_bias)
 

@@ -355,7 +355,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, bs):
                 rows = slice(start, start + bs) if order is None else order[start:start + bs]
-                xb = images[rows].transpose(0, 2, 3, 1)  # NHWC view (a copy for index rows)
+                xb = np.ascontiguousarray(images[rows].transpose(0, 2, 3, 1))  # NHWC (a view for 1 channel)
                 yb = y_index[rows]
                 logits, cache = net.forward_train(split(xb), run)
                 loss, dlogits = softmax_cross_entropy(logits, yb)
@@ -428,7 +428,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.network_.max_patch_bytes = self._patch_bytes()
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, step):
-                xb = images[start:start + step].transpose(0, 2, 3, 1)
+                xb = np.ascontiguousarray(images[start:start + step].transpose(0, 2, 3, 1))
                 p = softmax(self.network_.forward_eval(split(xb), run))
                 ok = np.isfinite(p).all(axis=1)
                 proba[start:start + step][ok] = p[ok]

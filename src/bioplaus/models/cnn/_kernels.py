@@ -1,0 +1,216 @@
+"""Compiled (numba) loops of the CNN's layers: im2col and col2im of NHWC maps, and the fused
+batch-norm scaling, ReLU and 2x2 max pooling, forward and backward.
+
+These replace NumPy strided copies and chains of whole-array temporaries by one pass over the
+data each. They do the same floating-point operations in the same order as the NumPy code they
+replaced (``_layers`` documents the operations), so their results are the same to the last bit:
+im2col copies; col2im adds each input position's contributions in the order of the kernel
+offsets (the order of the former one-product-per-offset loop); the elementwise steps round
+every product and sum as NumPy did (no fused multiply-add: numba does not contract without
+``fastmath``). The functions write into arrays the caller allocates (so that tracemalloc and
+the memory model see every buffer) and release the GIL (the network runs shards in threads).
+
+A window of the pooling is coded in one int8 per pooled value: the index of the element its
+gradient goes to (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right; the first maximum in
+that order), or -1 when the pooled value is not positive (ReLU passes no gradient).
+"""
+
+from __future__ import annotations
+
+from numba import njit, uint64
+
+# Compiled functions are cached next to this file (or in numba's user cache when that is not
+# writable): only the first process on a machine compiles.
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_JIT)
+def im2col(x, k, stride, padding, ho, wo, out):
+    """Patches of C-contiguous NHWC maps x ``(n, h, w, c)`` into out ``(n*ho*wo, k*k*c)``
+    (columns ordered kernel row, kernel column, channel; zero outside the map: the padding).
+
+    A patch row of one kernel row is ``k*c`` consecutive entries of the map's row (its columns
+    and channels), copied as one span. Flat indices are unsigned, which spares numba's
+    negative-index wraparound per element (twice as fast)."""
+    n, h, w, c = x.shape
+    src = x.reshape(-1)
+    dst = out.reshape(-1)
+    span = k * c
+    row_len = k * span
+    for b in range(n):
+        for oy in range(ho):
+            y0 = oy * stride - padding
+            for ox in range(wo):
+                x0 = ox * stride - padding
+                lo = min(max(0, -x0), k) * c  # first entry of the span inside the map
+                hi = max(min(k, w - x0) * c, lo)  # past its last
+                o = ((b * ho + oy) * wo + ox) * row_len
+                for i in range(k):
+                    iy = y0 + i
+                    d = uint64(o + i * span)
+                    if iy < 0 or iy >= h:
+                        for t in range(uint64(span)):
+                            dst[d + t] = 0
+                        continue
+                    for t in range(uint64(lo)):
+                        dst[d + t] = 0
+                    sd = uint64(((b * h + iy) * w + x0) * c + lo)
+                    dd = d + uint64(lo)
+                    for t in range(uint64(hi - lo)):
+                        dst[dd + t] = src[sd + t]
+                    for t in range(uint64(hi), uint64(span)):
+                        dst[d + t] = 0
+
+
+@njit(**_JIT)
+def col2im_add(dcols, first, k, stride, padding, ho, wo, dx):
+    """Add the patch gradients dcols ``(m*ho*wo, k*k*c)`` (C-contiguous) of images
+    ``first .. first+m`` into C-contiguous dx ``(n, h, w, c)`` (entries falling in the padding
+    are dropped).
+
+    Output positions are visited last to first, so that each input element receives its
+    contributions in increasing kernel offset (row, then column): the order of a sum over
+    offsets of whole-map products."""
+    n, h, w, c = dx.shape
+    m = dcols.shape[0] // (ho * wo)
+    src = dcols.reshape(-1)
+    dst = dx.reshape(-1)
+    span = k * c
+    row_len = k * span
+    for bb in range(m - 1, -1, -1):
+        b = first + bb
+        for oy in range(ho - 1, -1, -1):
+            y0 = oy * stride - padding
+            for ox in range(wo - 1, -1, -1):
+                x0 = ox * stride - padding
+                lo = min(max(0, -x0), k) * c
+                hi = max(min(k, w - x0) * c, lo)
+                o = ((bb * ho + oy) * wo + ox) * row_len
+                for i in range(k):
+                    iy = y0 + i
+                    if iy < 0 or iy >= h:
+                        continue
+                    dd = uint64(((b * h + iy) * w + x0) * c + lo)
+                    sd = uint64(o + i * span + lo)
+                    for t in range(uint64(hi - lo)):
+                        dst[dd + t] += src[sd + t]
+
+
+@njit(inline="always")
+def _maximum(a, b):
+    """``np.maximum`` of two scalars: NaN when either is NaN."""
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return a if a >= b else b
+
+
+@njit(**_JIT)
+def affine_relu_pool(z, scale_first, inv_std, gamma, beta, pooled, code):
+    """ReLU and 2x2 max pooling (stride 2, floor) of ``y = xhat * gamma + beta``.
+
+    z ``(n, h, w, f)``: the centred convolution output when ``scale_first`` (it is normalised
+    in place, ``xhat = z * inv_std``, every element, those the floor drops too), else xhat
+    itself. Writes pooled ``(n, h//2, w//2, f)`` and the window codes (int8, same shape)."""
+    n, h, w, f = z.shape
+    hp, wp = pooled.shape[1], pooled.shape[2]
+    for b in range(n):
+        if scale_first:
+            for yy in range(h):
+                for xx in range(w):
+                    for ch in range(f):
+                        z[b, yy, xx, ch] *= inv_std[ch]
+        for py in range(hp):
+            for px in range(wp):
+                y0, x0 = 2 * py, 2 * px
+                for ch in range(f):
+                    g, s = gamma[ch], beta[ch]
+                    a = z[b, y0, x0, ch] * g
+                    a += s
+                    bq = z[b, y0, x0 + 1, ch] * g
+                    bq += s
+                    c = z[b, y0 + 1, x0, ch] * g
+                    c += s
+                    d = z[b, y0 + 1, x0 + 1, ch] * g
+                    d += s
+                    top = _maximum(a, bq)
+                    bottom = _maximum(c, d)
+                    if bottom > top:
+                        index = 3 if d > c else 2
+                    else:
+                        index = 1 if bq > a else 0
+                    v = _maximum(top, bottom)
+                    if v > 0:
+                        pooled[b, py, px, ch] = v
+                        code[b, py, px, ch] = index
+                    else:  # ReLU (NaN stays NaN; divergence is detected downstream)
+                        pooled[b, py, px, ch] = v if v != v else 0
+                        code[b, py, px, ch] = -1
+
+
+@njit(**_JIT)
+def affine_relu_pool_eval(z, scale, shift, pooled):
+    """Prediction's ReLU and 2x2 max pooling of ``y = z * scale + shift`` (the batch norm with
+    running statistics); z ``(n, h, w, f)``, pooled ``(n, h//2, w//2, f)``."""
+    n = z.shape[0]
+    f = z.shape[3]
+    hp, wp = pooled.shape[1], pooled.shape[2]
+    for b in range(n):
+        for py in range(hp):
+            for px in range(wp):
+                y0, x0 = 2 * py, 2 * px
+                for ch in range(f):
+                    g, s = scale[ch], shift[ch]
+                    a = z[b, y0, x0, ch] * g
+                    a += s
+                    bq = z[b, y0, x0 + 1, ch] * g
+                    bq += s
+                    c = z[b, y0 + 1, x0, ch] * g
+                    c += s
+                    d = z[b, y0 + 1, x0 + 1, ch] * g
+                    d += s
+                    v = _maximum(_maximum(a, bq), _maximum(c, d))
+                    pooled[b, py, px, ch] = v if (v > 0 or v != v) else 0
+
+
+@njit(**_JIT)
+def relu_pool_backward(dy, code, dx):
+    """Gradient of :func:`affine_relu_pool` w.r.t. y: dx ``(n, h, w, f)`` holds dy at each
+    window's coded element and zero elsewhere (the rows and columns the floor drops too)."""
+    n, h, w, f = dx.shape
+    hp, wp = dy.shape[1], dy.shape[2]
+    for b in range(n):
+        for yy in range(2 * hp, h):
+            for xx in range(w):
+                for ch in range(f):
+                    dx[b, yy, xx, ch] = 0
+        for py in range(hp):
+            for dyy in range(2):
+                for xx in range(2 * wp, w):
+                    for ch in range(f):
+                        dx[b, 2 * py + dyy, xx, ch] = 0
+            for px in range(wp):
+                y0, x0 = 2 * py, 2 * px
+                for ch in range(f):
+                    dx[b, y0, x0, ch] = 0
+                    dx[b, y0, x0 + 1, ch] = 0
+                    dx[b, y0 + 1, x0, ch] = 0
+                    dx[b, y0 + 1, x0 + 1, ch] = 0
+                    index = code[b, py, px, ch]
+                    if index >= 0:
+                        dx[b, y0 + index // 2, x0 + index % 2, ch] = dy[b, py, px, ch]
+
+
+@njit(**_JIT)
+def batchnorm_backward_dx(dz, xhat, mean_dgamma, mean_dbeta, scale):
+    """Batch norm's input gradient over dz ``(m, f)`` in place:
+    ``((dz - xhat * mean_dgamma) - mean_dbeta) * scale`` per column."""
+    m, f = dz.shape
+    for r in range(m):
+        for ch in range(f):
+            t = xhat[r, ch] * mean_dgamma[ch]
+            v = dz[r, ch] - t
+            v -= mean_dbeta[ch]
+            v *= scale[ch]
+            dz[r, ch] = v
