@@ -190,8 +190,9 @@ def test_prediction_chunk_bounds_the_outputs_too():
     finally:
         tracemalloc.stop()
     assert peak < 2 * budget_mb * 2**20, peak
-    # other chunks change only the float32 rounding of the convolution products
-    np.testing.assert_allclose(proba, whole, rtol=1e-5, atol=1e-6)
+    # other chunks change only the float32 rounding of the convolution products (a last chunk of
+    # few rows goes through OpenBLAS's small-matrix kernels: 2e-5 relative on AVX-512 machines)
+    np.testing.assert_allclose(proba, whole, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(proba.argmax(axis=1), whole.argmax(axis=1))
 
 

@@ -25,9 +25,11 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @njit(**_JIT)
-def im2col(x, k, stride, padding, ho, wo, out):
-    """Patches of C-contiguous NHWC maps x ``(n, h, w, c)`` into out ``(n*ho*wo, k*k*c)``
-    (columns ordered kernel row, kernel column, channel; zero outside the map: the padding).
+def im2col(x, k, stride, padding, ho, wo, first, out):
+    """Patch rows ``first .. first + len(out)`` of C-contiguous NHWC maps x ``(n, h, w, c)``
+    (row ``(b * ho + oy) * wo + ox`` is output position ``(oy, ox)`` of image b) into out
+    ``(rows, k*k*c)`` (columns ordered kernel row, kernel column, channel; zero outside the
+    map: the padding).
 
     A patch row of one kernel row is ``k*c`` consecutive entries of the map's row (its columns
     and channels), copied as one span. Flat indices are unsigned, which spares numba's
@@ -37,29 +39,31 @@ def im2col(x, k, stride, padding, ho, wo, out):
     dst = out.reshape(-1)
     span = k * c
     row_len = k * span
-    for b in range(n):
-        for oy in range(ho):
-            y0 = oy * stride - padding
-            for ox in range(wo):
-                x0 = ox * stride - padding
-                lo = min(max(0, -x0), k) * c  # first entry of the span inside the map
-                hi = max(min(k, w - x0) * c, lo)  # past its last
-                o = ((b * ho + oy) * wo + ox) * row_len
-                for i in range(k):
-                    iy = y0 + i
-                    d = uint64(o + i * span)
-                    if iy < 0 or iy >= h:
-                        for t in range(uint64(span)):
-                            dst[d + t] = 0
-                        continue
-                    for t in range(uint64(lo)):
-                        dst[d + t] = 0
-                    sd = uint64(((b * h + iy) * w + x0) * c + lo)
-                    dd = d + uint64(lo)
-                    for t in range(uint64(hi - lo)):
-                        dst[dd + t] = src[sd + t]
-                    for t in range(uint64(hi), uint64(span)):
-                        dst[d + t] = 0
+    for rr in range(out.shape[0]):
+        r = first + rr
+        b = r // (ho * wo)
+        oy = (r // wo) % ho
+        ox = r % wo
+        y0 = oy * stride - padding
+        x0 = ox * stride - padding
+        lo = min(max(0, -x0), k) * c  # first entry of the span inside the map
+        hi = max(min(k, w - x0) * c, lo)  # past its last
+        o = rr * row_len
+        for i in range(k):
+            iy = y0 + i
+            d = uint64(o + i * span)
+            if iy < 0 or iy >= h:
+                for t in range(uint64(span)):
+                    dst[d + t] = 0
+                continue
+            for t in range(uint64(lo)):
+                dst[d + t] = 0
+            sd = uint64(((b * h + iy) * w + x0) * c + lo)
+            dd = d + uint64(lo)
+            for t in range(uint64(hi - lo)):
+                dst[dd + t] = src[sd + t]
+            for t in range(uint64(hi), uint64(span)):
+                dst[d + t] = 0
 
 
 @njit(**_JIT)
@@ -110,29 +114,38 @@ def _maximum(a, b):
 def affine_relu_pool(z, scale_first, inv_std, gamma, beta, pooled, code):
     """ReLU and 2x2 max pooling (stride 2, floor) of ``y = xhat * gamma + beta``.
 
-    z ``(n, h, w, f)``: the centred convolution output when ``scale_first`` (it is normalised
-    in place, ``xhat = z * inv_std``, every element, those the floor drops too), else xhat
-    itself. Writes pooled ``(n, h//2, w//2, f)`` and the window codes (int8, same shape)."""
+    z ``(n, h, w, f)`` (C-contiguous): the centred convolution output when ``scale_first`` (it
+    is normalised in place, ``xhat = z * inv_std``, every element, those the floor drops too),
+    else xhat itself. Writes pooled ``(n, h//2, w//2, f)`` and the window codes (int8, same
+    shape). One image at a time (its map stays in cache between the two passes); flat
+    unsigned indices, as :func:`im2col`."""
     n, h, w, f = z.shape
     hp, wp = pooled.shape[1], pooled.shape[2]
+    zf = z.reshape(-1)
+    pf = pooled.reshape(-1)
+    cf = code.reshape(-1)
+    uf = uint64(f)
+    row = uint64(w * f)
     for b in range(n):
         if scale_first:
-            for yy in range(h):
-                for xx in range(w):
-                    for ch in range(f):
-                        z[b, yy, xx, ch] *= inv_std[ch]
+            base = uint64(b * h * w * f)
+            for r in range(uint64(h * w)):
+                e = base + r * uf
+                for ch in range(uf):
+                    zf[e + ch] *= inv_std[ch]
         for py in range(hp):
             for px in range(wp):
-                y0, x0 = 2 * py, 2 * px
-                for ch in range(f):
+                e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
+                o = uint64(((b * hp + py) * wp + px) * f)
+                for ch in range(uf):
                     g, s = gamma[ch], beta[ch]
-                    a = z[b, y0, x0, ch] * g
+                    a = zf[e + ch] * g
                     a += s
-                    bq = z[b, y0, x0 + 1, ch] * g
+                    bq = zf[e + uf + ch] * g
                     bq += s
-                    c = z[b, y0 + 1, x0, ch] * g
+                    c = zf[e + row + ch] * g
                     c += s
-                    d = z[b, y0 + 1, x0 + 1, ch] * g
+                    d = zf[e + row + uf + ch] * g
                     d += s
                     top = _maximum(a, bq)
                     bottom = _maximum(c, d)
@@ -142,75 +155,87 @@ def affine_relu_pool(z, scale_first, inv_std, gamma, beta, pooled, code):
                         index = 1 if bq > a else 0
                     v = _maximum(top, bottom)
                     if v > 0:
-                        pooled[b, py, px, ch] = v
-                        code[b, py, px, ch] = index
+                        pf[o + ch] = v
+                        cf[o + ch] = index
                     else:  # ReLU (NaN stays NaN; divergence is detected downstream)
-                        pooled[b, py, px, ch] = v if v != v else 0
-                        code[b, py, px, ch] = -1
+                        pf[o + ch] = v if v != v else 0
+                        cf[o + ch] = -1
 
 
 @njit(**_JIT)
 def affine_relu_pool_eval(z, scale, shift, pooled):
     """Prediction's ReLU and 2x2 max pooling of ``y = z * scale + shift`` (the batch norm with
-    running statistics); z ``(n, h, w, f)``, pooled ``(n, h//2, w//2, f)``."""
-    n = z.shape[0]
-    f = z.shape[3]
+    running statistics); z ``(n, h, w, f)`` (C-contiguous), pooled ``(n, h//2, w//2, f)``."""
+    n, h, w, f = z.shape
     hp, wp = pooled.shape[1], pooled.shape[2]
+    zf = z.reshape(-1)
+    pf = pooled.reshape(-1)
+    uf = uint64(f)
+    row = uint64(w * f)
     for b in range(n):
         for py in range(hp):
             for px in range(wp):
-                y0, x0 = 2 * py, 2 * px
-                for ch in range(f):
+                e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
+                o = uint64(((b * hp + py) * wp + px) * f)
+                for ch in range(uf):
                     g, s = scale[ch], shift[ch]
-                    a = z[b, y0, x0, ch] * g
+                    a = zf[e + ch] * g
                     a += s
-                    bq = z[b, y0, x0 + 1, ch] * g
+                    bq = zf[e + uf + ch] * g
                     bq += s
-                    c = z[b, y0 + 1, x0, ch] * g
+                    c = zf[e + row + ch] * g
                     c += s
-                    d = z[b, y0 + 1, x0 + 1, ch] * g
+                    d = zf[e + row + uf + ch] * g
                     d += s
                     v = _maximum(_maximum(a, bq), _maximum(c, d))
-                    pooled[b, py, px, ch] = v if (v > 0 or v != v) else 0
+                    pf[o + ch] = v if (v > 0 or v != v) else 0
 
 
 @njit(**_JIT)
 def relu_pool_backward(dy, code, dx):
-    """Gradient of :func:`affine_relu_pool` w.r.t. y: dx ``(n, h, w, f)`` holds dy at each
-    window's coded element and zero elsewhere (the rows and columns the floor drops too)."""
+    """Gradient of :func:`affine_relu_pool` w.r.t. y: dx ``(n, h, w, f)`` (C-contiguous) holds
+    dy at each window's coded element and zero elsewhere (the rows and columns the floor drops
+    too). One image at a time: its map is zeroed, then each window's element is set."""
     n, h, w, f = dx.shape
     hp, wp = dy.shape[1], dy.shape[2]
+    df = dx.reshape(-1)
+    gf = dy.reshape(-1)
+    cf = code.reshape(-1)
+    uf = uint64(f)
+    row = uint64(w * f)
+    size = uint64(h * w * f)
     for b in range(n):
-        for yy in range(2 * hp, h):
-            for xx in range(w):
-                for ch in range(f):
-                    dx[b, yy, xx, ch] = 0
+        base = uint64(b) * size
+        for t in range(size):
+            df[base + t] = 0
         for py in range(hp):
-            for dyy in range(2):
-                for xx in range(2 * wp, w):
-                    for ch in range(f):
-                        dx[b, 2 * py + dyy, xx, ch] = 0
             for px in range(wp):
-                y0, x0 = 2 * py, 2 * px
-                for ch in range(f):
-                    dx[b, y0, x0, ch] = 0
-                    dx[b, y0, x0 + 1, ch] = 0
-                    dx[b, y0 + 1, x0, ch] = 0
-                    dx[b, y0 + 1, x0 + 1, ch] = 0
-                    index = code[b, py, px, ch]
+                e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
+                o = uint64(((b * hp + py) * wp + px) * f)
+                for ch in range(uf):
+                    index = cf[o + ch]
                     if index >= 0:
-                        dx[b, y0 + index // 2, x0 + index % 2, ch] = dy[b, py, px, ch]
+                        at = e + ch
+                        if index >= 2:
+                            at += row
+                        if index & 1:
+                            at += uf
+                        df[at] = gf[o + ch]
 
 
 @njit(**_JIT)
 def batchnorm_backward_dx(dz, xhat, mean_dgamma, mean_dbeta, scale):
-    """Batch norm's input gradient over dz ``(m, f)`` in place:
+    """Batch norm's input gradient over dz ``(m, f)`` in place (both C-contiguous):
     ``((dz - xhat * mean_dgamma) - mean_dbeta) * scale`` per column."""
     m, f = dz.shape
-    for r in range(m):
-        for ch in range(f):
-            t = xhat[r, ch] * mean_dgamma[ch]
-            v = dz[r, ch] - t
+    df = dz.reshape(-1)
+    xf = xhat.reshape(-1)
+    uf = uint64(f)
+    for r in range(uint64(m)):
+        e = r * uf
+        for ch in range(uf):
+            t = xf[e + ch] * mean_dgamma[ch]
+            v = df[e + ch] - t
             v -= mean_dbeta[ch]
             v *= scale[ch]
-            dz[r, ch] = v
+            df[e + ch] = v

@@ -37,11 +37,11 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     Per block, the forward pass keeps for the backward pass the normalised
     convolution output ``xhat`` (the output itself, centred and scaled in
     place), the pooling's window codes (one byte per pooled value) and the
-    im2col patches when they fit the budget (else the block's input). A block's
-    forward pass also holds its patches (or one chunk of them; the padding is
-    not copied); its pooling writes the pooled map in one pass. The backward
-    pass releases each block's buffers once its gradients are formed; in a
-    block it holds the gradient of the block's output, the gradient of the
+    im2col patches when they are built in one chunk (else the block's input;
+    :func:`~._layers.conv_patch_rows`). A block's forward pass also holds its
+    patches (or one chunk of them; the padding is not copied); its pooling
+    writes the pooled map in one pass. The backward pass releases each
+    block's buffers once its gradients are formed; in a block it holds the gradient of the block's output, the gradient of the
     convolution output (the batch-norm gradient overwrites it) and either a
     chunk of patches or the input gradient with a chunk of patch gradients
     (:func:`~._layers.col2im_chunk_size`), besides weight-sized sums.
@@ -54,11 +54,11 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     for f, k in zip(channels, kernel_sizes):
         ho, wo = L.conv_output_size(h, k, stride, p), L.conv_output_size(w, k, stride, p)
         hp, wp = L.pool_output_size(ho), L.pool_output_size(wo)
-        chunk = L.conv_chunk_size(n, h, w, c, k, stride, p, itemsize, budget)
-        whole = chunk >= n
+        step = L.conv_patch_rows(n, h, w, c, k, stride, p, itemsize, budget)
+        whole = step >= n * ho * wo
         b = dict(
             input=n * h * w * c * itemsize, conv=n * ho * wo * f * itemsize, quarter=n * hp * wp * f * itemsize,
-            masks=n * hp * wp * f, patches=chunk * ho * wo * k * k * c * itemsize,
+            masks=n * hp * wp * f, patches=step * k * k * c * itemsize,
             dx=n * h * w * c * itemsize,
             dcols=L.col2im_chunk_size(n, ho, wo, c, k, itemsize) * ho * wo * k * k * c * itemsize,
             whole=whole, weight=k * k * c * f * itemsize)
