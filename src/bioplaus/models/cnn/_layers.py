@@ -60,7 +60,7 @@ def conv_chunk_size(n, h, w, c, k, stride, padding, itemsize, max_patch_bytes=No
 
 #: patch rows of at least this many bytes are built and multiplied in chunks of
 #: :data:`PATCH_CACHE_BYTES` (see :func:`conv_patch_rows`)
-CACHE_ROW_BYTES = 512
+CACHE_ROW_BYTES = 400
 
 #: bytes of a patch chunk that stays in a core's cache between its im2col copy
 #: and its product (measured on 2 MiB of L2: 1 MiB)
