@@ -126,3 +126,28 @@ def test_batchnorm_gradient_equals_the_numpy_one(dtype):
     out = L.batchnorm_backward_dx_inplace(dy, (xhat, inv_std, gamma), dgamma, dbeta, 50)
     assert out is dy
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("h, w", [(8, 6), (7, 9), (3, 2)])
+def test_fused_pooling_batchnorm_backward_equals_the_unfused_one(h, w, dtype):
+    """The batch-norm gradient behind the pooling, formed over xhat without the pooling's input
+    gradient: its sums equal NumPy's over that gradient up to rounding, and given the same sums
+    its input gradient equals the unfused one bit for bit (rows and columns the floor drops too)."""
+    rng = np.random.default_rng(3)
+    f, n = 4, 3
+    centred = rng.standard_normal((n * h * w, f)).astype(dtype)
+    var = rng.uniform(0.5, 2.0, f).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, f).astype(dtype), rng.standard_normal(f).astype(dtype)
+    pooled, bn_cache, pool_cache = L.batchnorm_normalise_relu_pool(centred, var, gamma, beta, 1e-5, (n, h, w, f))
+    dy = rng.standard_normal(pooled.shape).astype(dtype)
+    dz = L.relu_pool_backward(dy, pool_cache).reshape(-1, f)
+    dgamma, dbeta = L.batchnorm_backward_sums(dz, bn_cache)
+    fused_dgamma, fused_dbeta = L.relu_pool_batchnorm_backward_sums(dy, pool_cache, bn_cache)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(fused_dgamma, dgamma, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fused_dbeta, dbeta, rtol=tol, atol=tol)
+    expected = L.batchnorm_backward_dx_inplace(dz.copy(), bn_cache, dgamma, dbeta, dz.shape[0])
+    got = L.relu_pool_batchnorm_backward_dx(dy, pool_cache, bn_cache, dgamma, dbeta, dz.shape[0])
+    assert got.base is bn_cache[0] or got.base is bn_cache[0].base  # written over xhat
+    np.testing.assert_array_equal(got.reshape(-1, f), expected)

@@ -1,5 +1,5 @@
-"""The CNN's memory: fused and in-place passes give the unfused passes' numbers bit for bit, and a
-training step's peak is what :func:`training_step_nbytes` says (the study declares memory from it)."""
+"""The CNN's memory: fused and in-place passes give the unfused passes' numbers (bit for bit forward,
+to float32 rounding of the batch-norm sums backward), and a training step's peak is what :func:`training_step_nbytes` says (the study declares memory from it)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,10 @@ def reference_step(net, x, targets):
     dict(input_shape=(1, 16, 16), channels=(6, 8, 5), kernel_sizes=(2, 2, 2), stride=1, padding=3),
 ])
 @pytest.mark.parametrize("budget", [None, 3000])
-def test_training_step_equals_the_unfused_passes_bit_for_bit(geometry, budget):
+def test_training_step_equals_the_unfused_passes(geometry, budget):
+    """Logits bit for bit; gradients up to float32 rounding: the fused pooling and batch-norm
+    backward pass sums its parameter gradients over the windows in float64, the unfused one over
+    the whole map by NumPy."""
     rng = np.random.default_rng(2)
     net = ConvNet(**geometry, n_classes=3, rng=np.random.default_rng(3), dtype=np.float32,
                   max_patch_bytes=budget)
@@ -116,7 +119,7 @@ def test_training_step_equals_the_unfused_passes_bit_for_bit(geometry, budget):
     grads = net.backward(dlogits, cache)
     assert len(grads) == len(ref_grads)
     for g, ref in zip(grads, ref_grads):
-        np.testing.assert_array_equal(g, ref)
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     assert all(entry is None for entry in cache[0])  # backward released every block's buffers
 
 

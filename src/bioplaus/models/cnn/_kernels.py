@@ -239,3 +239,87 @@ def batchnorm_backward_dx(dz, xhat, mean_dgamma, mean_dbeta, scale):
             v -= mean_dbeta[ch]
             v *= scale[ch]
             df[e + ch] = v
+
+
+@njit(**_JIT)
+def relu_pool_batchnorm_sums(dy, code, xhat, dgamma, dbeta):
+    """Batch norm's parameter gradients behind the pooling, without forming the pooling's input
+    gradient: each positive window passes its dy to its coded element, so per channel
+    ``dbeta += dy`` and ``dgamma += dy * xhat[element]`` over the windows (float64 sums added
+    into dgamma, dbeta ``(f,)``). xhat ``(n, h, w, f)``, dy and code ``(n, h//2, w//2, f)``,
+    C-contiguous."""
+    n, h, w, f = xhat.shape
+    hp, wp = dy.shape[1], dy.shape[2]
+    xf = xhat.reshape(-1)
+    gf = dy.reshape(-1)
+    cf = code.reshape(-1)
+    uf = uint64(f)
+    row = uint64(w * f)
+    for b in range(n):
+        for py in range(hp):
+            for px in range(wp):
+                e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
+                o = uint64(((b * hp + py) * wp + px) * f)
+                for ch in range(uf):
+                    index = cf[o + ch]
+                    if index >= 0:
+                        at = e + ch
+                        if index >= 2:
+                            at += row
+                        if index & 1:
+                            at += uf
+                        g = gf[o + ch]
+                        dbeta[ch] += g
+                        dgamma[ch] += g * xf[at]
+
+
+@njit(inline="always")
+def _bn_dx(g, xh, mean_dgamma, mean_dbeta, scale):
+    t = xh * mean_dgamma
+    v = g - t
+    v -= mean_dbeta
+    v *= scale
+    return v
+
+
+@njit(**_JIT)
+def relu_pool_batchnorm_dx(dy, code, xhat, mean_dgamma, mean_dbeta, scale, zero):
+    """Batch norm's input gradient behind the pooling, written over xhat ``(n, h, w, f)``
+    (C-contiguous): ``((g - xhat * mean_dgamma) - mean_dbeta) * scale`` where g is a window's dy
+    at its coded element and zero elsewhere (the rows and columns the floor drops too). zero:
+    0 of the map's dtype (so that float32 stays float32: no double rounding)."""
+    n, h, w, f = xhat.shape
+    hp, wp = dy.shape[1], dy.shape[2]
+    xf = xhat.reshape(-1)
+    gf = dy.reshape(-1)
+    cf = code.reshape(-1)
+    uf = uint64(f)
+    row = uint64(w * f)
+    for b in range(n):
+        for py in range(hp):
+            for px in range(wp):
+                e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
+                o = uint64(((b * hp + py) * wp + px) * f)
+                for ch in range(uf):
+                    index = cf[o + ch]
+                    g = gf[o + ch]
+                    md, mb, sc = mean_dgamma[ch], mean_dbeta[ch], scale[ch]
+                    at = e + ch
+                    xf[at] = _bn_dx(g if index == 0 else zero, xf[at], md, mb, sc)
+                    at = e + uf + ch
+                    xf[at] = _bn_dx(g if index == 1 else zero, xf[at], md, mb, sc)
+                    at = e + row + ch
+                    xf[at] = _bn_dx(g if index == 2 else zero, xf[at], md, mb, sc)
+                    at = e + row + uf + ch
+                    xf[at] = _bn_dx(g if index == 3 else zero, xf[at], md, mb, sc)
+            for xx in range(2 * wp, w):  # a column the floor dropped
+                for dyy in range(2):
+                    e = uint64(((b * h + 2 * py + dyy) * w + xx) * f)
+                    for ch in range(uf):
+                        xf[e + ch] = _bn_dx(zero, xf[e + ch], mean_dgamma[ch], mean_dbeta[ch], scale[ch])
+        for yy in range(2 * hp, h):  # a row the floor dropped
+            e = uint64((b * h + yy) * w * f)
+            for r in range(uint64(w)):
+                for ch in range(uf):
+                    at = e + r * uf + ch
+                    xf[at] = _bn_dx(zero, xf[at], mean_dgamma[ch], mean_dbeta[ch], scale[ch])

@@ -367,6 +367,37 @@ def batchnorm_eval_relu_pool(x, gamma, beta, running_mean, running_var, eps):
     return pooled
 
 
+def relu_pool_batchnorm_backward_sums(dy, pool_cache, bn_cache):
+    """``(dgamma, dbeta)`` (f,) of one shard behind :func:`batchnorm_normalise_relu_pool`,
+    from the pooled gradient dy without forming the pooling's input gradient (a window's
+    gradient reaches one element: :mod:`._kernels`); the sums are float64, returned in dy's
+    dtype. Equals :func:`batchnorm_backward_sums` of :func:`relu_pool_backward` up to the
+    rounding of the summation order."""
+    shape, code = pool_cache
+    xhat = bn_cache[0]
+    f = shape[-1]
+    dgamma, dbeta = np.zeros(f), np.zeros(f)
+    K.relu_pool_batchnorm_sums(np.ascontiguousarray(dy), code, xhat.reshape(shape), dgamma, dbeta)
+    return dgamma.astype(dy.dtype), dbeta.astype(dy.dtype)
+
+
+def relu_pool_batchnorm_backward_dx(dy, pool_cache, bn_cache, dgamma, dbeta, m):
+    """The convolution output's gradient ``(n, h, w, f)`` of one shard behind
+    :func:`batchnorm_normalise_relu_pool`, given the batch totals dgamma, dbeta and row
+    count m, written over the cached xhat (which the backward pass no longer needs) in one
+    compiled pass: :func:`batchnorm_backward_dx` of :func:`relu_pool_backward`'s gradient,
+    the same operations per element."""
+    shape, code = pool_cache
+    xhat, inv_std, gamma = bn_cache
+    mean_dgamma = (dgamma / m).astype(dy.dtype, copy=False)
+    mean_dbeta = (dbeta / m).astype(dy.dtype, copy=False)
+    scale = (gamma * inv_std).astype(dy.dtype, copy=False)
+    dz = xhat.reshape(shape)
+    K.relu_pool_batchnorm_dx(np.ascontiguousarray(dy), code, dz, mean_dgamma, mean_dbeta, scale,
+                             dy.dtype.type(0))
+    return dz
+
+
 def relu_pool_backward(dy, cache):
     """Gradient of :func:`relu_pool_forward`: dx ``(n, h, w, f)`` (zero in the
     rows/columns dropped by the floor)."""

@@ -41,8 +41,9 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     :func:`~._layers.conv_patch_rows`). A block's forward pass also holds its
     patches (or one chunk of them; the padding is not copied); its pooling
     writes the pooled map in one pass. The backward pass releases each
-    block's buffers once its gradients are formed; in a block it holds the gradient of the block's output, the gradient of the
-    convolution output (the batch-norm gradient overwrites it) and either a
+    block's buffers once its gradients are formed; in a block it holds the
+    gradient of the block's output, the gradient of the
+    convolution output (written over xhat, no longer needed) and either a
     chunk of patches or the input gradient with a chunk of patch gradients
     (:func:`~._layers.col2im_chunk_size`), besides weight-sized sums.
     Parameters, gradients and Adam's two moments are added. Geometry as
@@ -78,7 +79,7 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
         b = blocks[i]
         dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dx"]
         conv_work = max(0 if b["whole"] else b["patches"], b["dx"] + b["dcols"] if i > 0 else 0)
-        peak = max(peak, held + dy + b["conv"] + conv_work + 2 * b["weight"])  # gradient, product
+        peak = max(peak, held + dy + conv_work + 2 * b["weight"])  # gradient, product
         held -= b["kept"]
     return int(peak + 4 * n_params * itemsize + blocks[0]["input"])
 
@@ -208,24 +209,23 @@ class ConvNet:
             conv_caches, bn_caches, pool_caches, count = caches[i]
 
             def pool_back(args):
-                dx, bn_cache, pool_cache = args
-                dz = L.relu_pool_backward(dx, pool_cache)
-                dz2 = dz.reshape(-1, dz.shape[-1])
-                return dz, dz2, L.batchnorm_backward_sums(dz2, bn_cache)
+                dx, bn_cache, pool_cache, _ = args
+                return L.relu_pool_batchnorm_backward_sums(dx, pool_cache, bn_cache)
 
-            pooled = list(run(pool_back, list(zip(dx_shards, bn_caches, pool_caches))))
-            dgamma = sum(p[2][0] for p in pooled)
-            dbeta = sum(p[2][1] for p in pooled)
+            shards = list(zip(dx_shards, bn_caches, pool_caches, conv_caches))
+            sums = list(run(pool_back, shards))
+            dgamma = sum(s[0] for s in sums)
+            dbeta = sum(s[1] for s in sums)
             need_dx = i > 0
 
             def conv_back(args):
-                (dz, dz2, _), bn_cache, conv_cache = args
-                dzn = L.batchnorm_backward_dx_inplace(dz2, bn_cache, dgamma, dbeta, count)
-                return L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=need_dx)
+                dx, bn_cache, pool_cache, conv_cache = args
+                dz = L.relu_pool_batchnorm_backward_dx(dx, pool_cache, bn_cache, dgamma, dbeta, count)
+                return L.conv_backward(dz, conv_cache, need_dx=need_dx)
 
-            backs = list(run(conv_back, list(zip(pooled, bn_caches, conv_caches))))
+            backs = list(run(conv_back, shards))
             caches[i] = None  # this block's buffers are no longer needed
-            del pooled, conv_caches, bn_caches, pool_caches
+            del shards, conv_caches, bn_caches, pool_caches
             dweight = sum(b[1] for b in backs)
             dx_shards = [b[0] for b in backs]
             del backs
