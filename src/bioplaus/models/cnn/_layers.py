@@ -135,7 +135,15 @@ def col2im_chunk_size(n, ho, wo, c, k, itemsize):
     return int(max(1, min(n // (k * k), COL2IM_CACHE_BYTES // per_image)))
 
 
-def conv_forward(x, weight, stride, padding, max_patch_bytes=None):
+def _buffer(spare, shape, dtype):
+    """``spare`` when it is a C-contiguous array of ``shape`` and ``dtype``, else a new empty one."""
+    if (spare is not None and spare.shape == tuple(shape) and spare.dtype == dtype
+            and spare.flags.c_contiguous):
+        return spare
+    return np.empty(shape, dtype=dtype)
+
+
+def conv_forward(x, weight, stride, padding, max_patch_bytes=None, out=None, cols=None):
     """2-D convolution (cross-correlation) of NHWC maps.
 
     x: ``(n, h, w, c)``; weight: ``(k, k, c, f)``; returns ``(out, cache)``
@@ -149,6 +157,11 @@ def conv_forward(x, weight, stride, padding, max_patch_bytes=None):
     otherwise only the input x is kept and :func:`conv_backward` rebuilds the
     patches chunk by chunk. The cache's last entry is :func:`conv_chunk_size`
     (images whose patches fit the budget).
+
+    out, cols: optional arrays of a previous call to write the output
+    ``(n*ho*wo, f)`` and the kept patch matrix into (used when their shapes
+    match): the network passes its first block's buffers from one batch to the
+    next, which spares the kernel's page faults of fresh large arrays.
     """
     n, h, w, c = x.shape
     k, _, _, f = weight.shape
@@ -158,13 +171,14 @@ def conv_forward(x, weight, stride, padding, max_patch_bytes=None):
     chunk = conv_chunk_size(n, h, w, c, k, stride, padding, itemsize, max_patch_bytes)
     step = conv_patch_rows(n, h, w, c, k, stride, padding, itemsize, max_patch_bytes)
     weight2 = weight.reshape(k * k * c, f)
+    out = _buffer(out, (n * ho * wo, f), np.result_type(x.dtype, weight.dtype))
     if step >= n * ho * wo:
-        cols = _im2col(x, k, stride, padding, ho, wo)
-        out = cols @ weight2
+        cols = _im2col(x, k, stride, padding, ho, wo,
+                       out=_buffer(cols, (n * ho * wo, k * k * c), x.dtype).reshape(-1))
+        np.matmul(cols, weight2, out=out)
         return out.reshape(n, ho, wo, f), (cols, None, x.shape, weight, stride, padding, step, chunk)
-    out = np.empty((n * ho * wo, f), dtype=np.result_type(x.dtype, weight.dtype))
-    for rows, cols in _patch_chunks(x, k, stride, padding, ho, wo, step):
-        np.matmul(cols, weight2, out=out[rows])
+    for rows, chunk_cols in _patch_chunks(x, k, stride, padding, ho, wo, step):
+        np.matmul(chunk_cols, weight2, out=out[rows])
     return out.reshape(n, ho, wo, f), (None, x, x.shape, weight, stride, padding, step, chunk)
 
 
