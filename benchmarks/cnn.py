@@ -139,9 +139,8 @@ def breakdown(repeats):
             var = squares / z2.shape[0]
             pooled, bn_cache, pool_cache = L.batchnorm_normalise_relu_pool(
                 centred.copy(), var, gamma, beta, 1e-5, z.shape)
-            dz = L.relu_pool_backward(pooled, pool_cache)
-            dz2 = dz.reshape(-1, f)
-            dgamma, dbeta = L.batchnorm_backward_sums(dz2, bn_cache)
+            dgamma, dbeta = L.relu_pool_batchnorm_backward_sums(pooled, pool_cache, bn_cache)
+            xhat = bn_cache[0].copy()
             dw_ms = ms(lambda: L.conv_backward(z, cache, need_dx=False))
             rows += [
                 (block, "conv forward: im2col + product (in chunks)",
@@ -151,10 +150,10 @@ def breakdown(repeats):
                 (block, "batch norm scaling + ReLU + max pool forward (compiled)",
                  ms(lambda: L.batchnorm_normalise_relu_pool(centred.copy(), var, gamma, beta, 1e-5,
                                                             z.shape)) - ms(lambda: centred.copy())),
-                (block, "ReLU + max pool backward (compiled)", ms(lambda: L.relu_pool_backward(pooled, pool_cache))),
-                (block, "batch norm backward: sums + input gradient", ms(lambda: (
-                    L.batchnorm_backward_sums(dz2, bn_cache),
-                    L.batchnorm_backward_dx_inplace(dz2, bn_cache, dgamma, dbeta, dz2.shape[0])))),
+                (block, "ReLU + max pool + batch norm backward (compiled, over xhat)", ms(lambda: (
+                    L.relu_pool_batchnorm_backward_sums(pooled, pool_cache, bn_cache),
+                    L.relu_pool_batchnorm_backward_dx(pooled, pool_cache, (xhat,) + bn_cache[1:], dgamma,
+                                                      dbeta, z2.shape[0])))),
                 (block, "conv backward: weight gradient (patches rebuilt if chunked)", dw_ms),
             ]
             if block > 1:
