@@ -2,12 +2,13 @@
 batch-norm scaling, ReLU and 2x2 max pooling, forward and backward.
 
 These replace NumPy strided copies and chains of whole-array temporaries by one pass over the
-data each. They do the same floating-point operations in the same order as the NumPy code they
-replaced (``_layers`` documents the operations), so their results are the same to the last bit:
-im2col copies; col2im adds each input position's contributions in the order of the kernel
-offsets (the order of the former one-product-per-offset loop); the elementwise steps round
-every product and sum as NumPy did (no fused multiply-add: numba does not contract without
-``fastmath``). The functions write into arrays the caller allocates (so that tracemalloc and
+data each. Their elementwise steps do the same floating-point operations in the same order as
+the NumPy code they replaced (``_layers`` documents the operations), so those results are the
+same to the last bit: im2col copies; col2im adds each input position's contributions in the
+order of the kernel offsets (the order of the former one-product-per-offset loop); products
+and sums are rounded as NumPy's (no fused multiply-add: numba does not contract without
+``fastmath``). The exception is :func:`relu_pool_batchnorm_sums`, whose float64 sums over the
+pooling windows replace NumPy's float32 sums over the whole map (equal up to rounding). The functions write into arrays the caller allocates (so that tracemalloc and
 the memory model see every buffer) and release the GIL (the network runs shards in threads).
 
 A window of the pooling is coded in one int8 per pooled value: the index of the element its

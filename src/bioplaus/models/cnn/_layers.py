@@ -8,7 +8,9 @@ made for chunks of images whose patch matrix fits in a bounded buffer
 (:data:`PATCH_BUDGET_BYTES` by default), so a convolution's memory does not
 grow with k*k*c beyond that buffer. The copies, the scatter and the fused batch
 norm, ReLU and pooling passes are compiled loops (:mod:`._kernels`); the
-products are BLAS's and the batch-norm sums NumPy's. The functions work in the
+products are BLAS's and the forward batch-norm statistics NumPy's. Long
+patch rows are built and multiplied in chunks that stay in cache
+(:func:`conv_patch_rows`). The functions work in the
 dtype of their inputs: float32 in training, float64 in the gradient-check tests.
 
 Shapes used below: ``n`` images, ``h x w`` spatial size, ``c`` input
