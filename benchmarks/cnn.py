@@ -132,26 +132,33 @@ def breakdown(repeats):
         for block, (c, f) in enumerate([(1, 16), (16, 32)], start=1):
             weight = rng.standard_normal((5, 5, c, f)).astype(np.float32)
             z, cache = L.conv_forward(x, weight, 1, 2)
-            cols = cache[0]
             z2 = z.reshape(-1, f)
             gamma, beta = np.ones(f, np.float32), np.zeros(f, np.float32)
-            y, _, _, bn_cache = L.batchnorm_forward_train(z2.copy(), gamma, beta, 1e-5)
-            pooled, pool_cache = L.relu_pool_forward(y.reshape(z.shape))
-            w2 = weight.reshape(-1, f)
+            mean = L.column_sums(z2) / z2.shape[0]
+            centred, squares = L.batchnorm_centre(z2, mean)
+            var = squares / z2.shape[0]
+            pooled, bn_cache, pool_cache = L.batchnorm_normalise_relu_pool(
+                centred.copy(), var, gamma, beta, 1e-5, z.shape)
+            dgamma, dbeta = L.relu_pool_batchnorm_backward_sums(pooled, pool_cache, bn_cache)
+            xhat = bn_cache[0].copy()
+            dw_ms = ms(lambda: L.conv_backward(z, cache, need_dx=False))
             rows += [
-                (block, "conv forward: pad + im2col copy + product",
+                (block, "conv forward: im2col + product (in chunks)",
                  ms(lambda: L.conv_forward(x, weight, 1, 2))),
-                (block, "  of which the product", ms(lambda: cols @ w2)),
-                (block, "batch norm forward", ms(lambda: L.batchnorm_forward_train(
-                    z2.copy(), gamma, beta, 1e-5))),
-                (block, "ReLU + max pool forward", ms(lambda: L.relu_pool_forward(y.reshape(z.shape)))),
-                (block, "ReLU + max pool backward", ms(lambda: L.relu_pool_backward(pooled, pool_cache))),
-                (block, "batch norm backward", ms(lambda: L.batchnorm_backward(z2, bn_cache))),
-                (block, "conv backward: weight gradient product", ms(lambda: cols.T @ z2)),
+                (block, "batch norm statistics (sums, centring)",
+                 ms(lambda: L.batchnorm_centre(z2, L.column_sums(z2) / z2.shape[0]))),
+                (block, "batch norm scaling + ReLU + max pool forward (compiled)",
+                 ms(lambda: L.batchnorm_normalise_relu_pool(centred.copy(), var, gamma, beta, 1e-5,
+                                                            z.shape)) - ms(lambda: centred.copy())),
+                (block, "ReLU + max pool + batch norm backward (compiled, over xhat)", ms(lambda: (
+                    L.relu_pool_batchnorm_backward_sums(pooled, pool_cache, bn_cache),
+                    L.relu_pool_batchnorm_backward_dx(pooled, pool_cache, (xhat,) + bn_cache[1:], dgamma,
+                                                      dbeta, z2.shape[0])))),
+                (block, "conv backward: weight gradient (patches rebuilt if chunked)", dw_ms),
             ]
             if block > 1:
-                rows.append((block, "conv backward: input gradient (k*k products + col2im adds)",
-                             ms(lambda: L.conv_backward(z, cache)) - ms(lambda: cols.T @ z2)))
+                rows.append((block, "conv backward: input gradient (products + col2im)",
+                             ms(lambda: L.conv_backward(z, cache)) - dw_ms))
             x = pooled
     total = sum(t for _, name, t in rows if not name.startswith("  "))
     print("\nwhere the time of one training batch goes (100 images, one thread, ms):")

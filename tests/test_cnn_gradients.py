@@ -331,7 +331,7 @@ def traced_peak_bytes(fn):
             tracemalloc.stop()
 
 
-def test_training_step_memory_is_bounded_by_the_patch_budget():
+def test_training_step_memory_is_bounded_by_the_patch_budget(monkeypatch):
     """One training step (forward and backward) of 64 images, 28x28, blocks of
     16 and 64 channels with kernel 10 and padding 3. Unchunked, the patch
     matrices are 16 MB (block 1) and 33 MB (block 2); with a 1 MiB budget the
@@ -358,6 +358,8 @@ def test_training_step_memory_is_bounded_by_the_patch_budget():
 
     with threadpool_limits(1):  # BLAS threads only slow these tall, narrow products
         bounded = traced_peak_bytes(lambda: step(budget))
-        unbounded = traced_peak_bytes(lambda: step(2**40))  # one chunk per layer, as before
+        # one chunk per layer, as before long patch rows were chunked to stay in cache
+        monkeypatch.setattr(L, "CACHE_ROW_BYTES", 2**40)
+        unbounded = traced_peak_bytes(lambda: step(2**40))
     assert bounded < bound, (bounded, bound)
     assert unbounded > bound  # the bound is tight enough to catch whole patch matrices

@@ -1,5 +1,5 @@
-"""The CNN's memory: fused and in-place passes give the unfused passes' numbers bit for bit, and a
-training step's peak is what :func:`training_step_nbytes` says (the study declares memory from it)."""
+"""The CNN's memory: fused and in-place passes give the unfused passes' numbers (bit for bit forward,
+to float32 rounding of the batch-norm sums backward), and a training step's peak is what :func:`training_step_nbytes` says (the study declares memory from it)."""
 
 from __future__ import annotations
 
@@ -39,11 +39,10 @@ def test_fused_batchnorm_pooling_equals_scale_then_pool(dtype, h, w):
     assert pool_cache[0] == ref_cache[0]
     for a, b in zip(pool_cache[1:], ref_cache[1:]):
         np.testing.assert_array_equal(a, b)
-    assert 0 < ref_cache[4].mean() < 1  # ReLU both passes and blocks: the masks are not trivial
+    assert 0 < (ref_cache[1] >= 0).mean() < 1  # ReLU both passes and blocks: the codes are not trivial
 
 
-@pytest.mark.parametrize("rows", [1, 7, 10_000])
-def test_batchnorm_backward_in_place_equals_the_new_array(rows):
+def test_batchnorm_backward_in_place_equals_the_new_array():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((50, 4)).astype(np.float32)
     gamma, beta = affine_params(rng, 4, np.float32)
@@ -51,24 +50,19 @@ def test_batchnorm_backward_in_place_equals_the_new_array(rows):
     dy = rng.standard_normal((50, 4)).astype(np.float32)
     dgamma, dbeta = L.batchnorm_backward_sums(dy, cache)
     expected = L.batchnorm_backward_dx(dy, cache, dgamma, dbeta, 50)
-    out = L.batchnorm_backward_dx_inplace(dy, cache, dgamma, dbeta, 50, rows=rows)
+    out = L.batchnorm_backward_dx_inplace(dy, cache, dgamma, dbeta, 50)
     assert out is dy
     np.testing.assert_array_equal(out, expected)
 
 
 def reference_relu_pool_backward(dy, cache):
-    """The pooling gradient with its two window-half gradients as arrays of their own."""
-    x_shape, right_top, right_bottom, use_bottom, positive = cache
+    """The pooling gradient from the window codes by NumPy: each quarter of dx is dy where the
+    code names it, zero elsewhere."""
+    x_shape, code = cache
     hp, wp = dy.shape[1], dy.shape[2]
-    g = dy * positive
-    g_bottom = g * use_bottom
-    g_top = g - g_bottom
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    a, b, c, d = (dx[:, i:2 * hp:2, j:2 * wp:2] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
-    b[...] = g_top * right_top
-    a[...] = g_top - b
-    d[...] = g_bottom * right_bottom
-    c[...] = g_bottom - d
+    for q, (i, j) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        dx[:, i:2 * hp:2, j:2 * wp:2] = np.where(code == q, dy, 0)
     return dx
 
 
@@ -105,7 +99,10 @@ def reference_step(net, x, targets):
     dict(input_shape=(1, 16, 16), channels=(6, 8, 5), kernel_sizes=(2, 2, 2), stride=1, padding=3),
 ])
 @pytest.mark.parametrize("budget", [None, 3000])
-def test_training_step_equals_the_unfused_passes_bit_for_bit(geometry, budget):
+def test_training_step_equals_the_unfused_passes(geometry, budget):
+    """Logits bit for bit; gradients up to float32 rounding: the fused pooling and batch-norm
+    backward pass sums its parameter gradients over the windows in float64, the unfused one over
+    the whole map by NumPy."""
     rng = np.random.default_rng(2)
     net = ConvNet(**geometry, n_classes=3, rng=np.random.default_rng(3), dtype=np.float32,
                   max_patch_bytes=budget)
@@ -122,7 +119,7 @@ def test_training_step_equals_the_unfused_passes_bit_for_bit(geometry, budget):
     grads = net.backward(dlogits, cache)
     assert len(grads) == len(ref_grads)
     for g, ref in zip(grads, ref_grads):
-        np.testing.assert_array_equal(g, ref)
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     assert all(entry is None for entry in cache[0])  # backward released every block's buffers
 
 
@@ -196,8 +193,9 @@ def test_prediction_chunk_bounds_the_outputs_too():
     finally:
         tracemalloc.stop()
     assert peak < 2 * budget_mb * 2**20, peak
-    # other chunks change only the float32 rounding of the convolution products
-    np.testing.assert_allclose(proba, whole, rtol=1e-5, atol=1e-6)
+    # other chunks change only the float32 rounding of the convolution products (a last chunk of
+    # few rows goes through OpenBLAS's small-matrix kernels: 2e-5 relative on AVX-512 machines)
+    np.testing.assert_allclose(proba, whole, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(proba.argmax(axis=1), whole.argmax(axis=1))
 
 

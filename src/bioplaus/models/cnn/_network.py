@@ -36,16 +36,18 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
 
     Per block, the forward pass keeps for the backward pass the normalised
     convolution output ``xhat`` (the output itself, centred and scaled in
-    place), the four pooling masks (one byte per pooled value each) and the
-    im2col patches when they fit the budget (else the block's input). A block's
-    forward pass also holds its patches (or one chunk of them) and the padded
-    input; its pooling forms one quarter of the batch-norm output at a time.
-    The backward pass releases each block's buffers once its gradients are
-    formed; in a block it holds the gradient of the block's output, the
-    gradient of the convolution output (the batch-norm gradient overwrites
-    it) and either a chunk of patches or the padded input gradient with one
-    product per kernel offset, besides weight-sized sums. Parameters, gradients and Adam's two moments are
-    added. Geometry as :func:`feature_map_shapes` (the caller checks it)."""
+    place), the pooling's window codes (one byte per pooled value) and the
+    im2col patches when they are built in one chunk (else the block's input;
+    :func:`~._layers.conv_patch_rows`). A block's forward pass also holds its
+    patches (or one chunk of them; the padding is not copied); its pooling
+    writes the pooled map in one pass. The backward pass releases each
+    block's buffers once its gradients are formed; in a block it holds the
+    gradient of the block's output, the gradient of the
+    convolution output (written over xhat, no longer needed) and either a
+    chunk of patches or the input gradient with a chunk of patch gradients
+    (:func:`~._layers.col2im_chunk_size`), besides weight-sized sums.
+    Parameters, gradients and Adam's two moments are added. Geometry as
+    :func:`feature_map_shapes` (the caller checks it)."""
     c, h, w = (int(v) for v in input_shape)
     n, p = int(batch), int(padding)
     budget = L.PATCH_BUDGET_BYTES if max_patch_bytes is None else int(max_patch_bytes)
@@ -53,15 +55,14 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     for f, k in zip(channels, kernel_sizes):
         ho, wo = L.conv_output_size(h, k, stride, p), L.conv_output_size(w, k, stride, p)
         hp, wp = L.pool_output_size(ho), L.pool_output_size(wo)
-        chunk = L.conv_chunk_size(n, h, w, c, k, stride, p, itemsize, budget)
-        whole = chunk >= n
+        step = L.conv_patch_rows(n, h, w, c, k, stride, p, itemsize, budget)
+        whole = step >= n * ho * wo
         b = dict(
             input=n * h * w * c * itemsize, conv=n * ho * wo * f * itemsize, quarter=n * hp * wp * f * itemsize,
-            masks=4 * n * hp * wp * f, patches=chunk * ho * wo * k * k * c * itemsize,
-            padded=chunk * (h + 2 * p) * (w + 2 * p) * c * itemsize if p else 0,
-            dxp=n * (h + 2 * p) * (w + 2 * p) * c * itemsize, part=n * ho * wo * c * itemsize,
-            bn_temp=min(L.BN_BACKWARD_ROWS, n * ho * wo) * f * itemsize, whole=whole,
-            weight=k * k * c * f * itemsize)
+            masks=n * hp * wp * f, patches=step * k * k * c * itemsize,
+            dx=n * h * w * c * itemsize,
+            dcols=L.col2im_chunk_size(n, ho, wo, c, k, itemsize) * ho * wo * k * k * c * itemsize,
+            whole=whole, weight=k * k * c * f * itemsize)
         b["kept"] = b["masks"] + b["conv"] + (b["patches"] if whole else b["input"])
         blocks.append(b)
         n_params += k * k * c * f + 2 * f
@@ -70,17 +71,15 @@ def training_step_nbytes(input_shape, channels, kernel_sizes, stride, padding, b
     peak, held = 0, 0
     for i, b in enumerate(blocks):  # forward
         x_in = 0 if (i > 0 and not b["whole"]) else b["input"]  # a chunked block keeps its input: in "kept"
-        conv_stage = held + x_in + b["patches"] + b["padded"] + b["conv"]
-        pool_stage = held + x_in + b["kept"] + 3 * b["quarter"]
+        conv_stage = held + x_in + b["patches"] + b["conv"]
+        pool_stage = held + x_in + b["kept"] + b["quarter"]
         peak = max(peak, conv_stage, pool_stage)
         held += b["kept"]
     for i in range(len(blocks) - 1, -1, -1):  # backward
         b = blocks[i]
-        dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dxp"]
-        relu_stage = held + dy + b["conv"] + b["quarter"]
-        conv_work = max(b["bn_temp"], 0 if b["whole"] else b["patches"] + b["padded"],
-                        b["dxp"] + b["part"] if i > 0 else 0) + 3 * b["weight"]  # gradient, product, transpose
-        peak = max(peak, relu_stage, held + dy + b["conv"] + conv_work)
+        dy = b["quarter"] if i == len(blocks) - 1 else blocks[i + 1]["dx"]
+        conv_work = max(0 if b["whole"] else b["patches"], b["dx"] + b["dcols"] if i > 0 else 0)
+        peak = max(peak, held + dy + conv_work + 2 * b["weight"])  # gradient, product
         held -= b["kept"]
     return int(peak + 4 * n_params * itemsize + blocks[0]["input"])
 
@@ -147,24 +146,33 @@ class ConvNet:
     # not depend on the number of shards. ``run(fn, items)`` maps ``fn`` over
     # the shards (``map`` for one thread, an executor's ``map`` for several).
 
-    def forward_train(self, x_shards, run=map, update_running=True):
+    def forward_train(self, x_shards, run=map, update_running=True, workspace=None):
         """Logits ``(n, classes)`` with batch statistics.
 
         x_shards: list of NHWC image arrays ``(n_i, h, w, c)`` (one per shard).
         Returns ``(logits, cache)``. Updates the running mean/variance
         (momentum ``bn_momentum``, unbiased variance) unless ``update_running``
-        is false.
+        is false. workspace: optional dict shared by the steps of one training
+        pass, in which :meth:`backward` leaves the first block's convolution
+        output and kept patches for the next step's forward pass to write
+        into (they are alive for the whole step anyway, so the peak does not
+        grow; fresh arrays of that size cost page faults, 10-15% of a step).
         """
         caches = []
         mom = self.bn_momentum
+        spare = workspace.pop("first_block", None) if workspace is not None else None
+        if spare is None or len(spare) != len(x_shards):
+            spare = [(None, None)] * len(x_shards)
         for i, weight in enumerate(self.conv_weights):
-            def conv(x, weight=weight):
+            def conv(args, weight=weight):
+                x, (out, cols) = args
                 z, conv_cache = L.conv_forward(x, weight, self.stride, self.padding,
-                                               self.max_patch_bytes)
+                                               self.max_patch_bytes, out=out, cols=cols)
                 z2 = z.reshape(-1, z.shape[-1])
                 return z, z2, conv_cache, L.column_sums(z2)
 
-            convs = list(run(conv, x_shards))
+            convs = list(run(conv, list(zip(x_shards, spare))))
+            spare = [(None, None)] * len(x_shards)
             count = sum(c[1].shape[0] for c in convs)
             mean = sum(c[3] for c in convs) / count
 
@@ -175,9 +183,7 @@ class ConvNet:
 
             def normalise_pool(args):
                 (z, _, _, _), (cen, _) = args
-                bn_cache = L.batchnorm_normalise(cen, var, gamma, BN_EPS)
-                pooled, pool_cache = L.batchnorm_relu_pool_forward(bn_cache[0], gamma, beta, z.shape)
-                return pooled, bn_cache, pool_cache
+                return L.batchnorm_normalise_relu_pool(cen, var, gamma, beta, BN_EPS, z.shape)
 
             outs = list(run(normalise_pool, list(zip(convs, centred))))
             if update_running:
@@ -194,7 +200,7 @@ class ConvNet:
                                   self.linear_weight, self.linear_bias)
         return logits, (caches, flats, [x.shape for x in x_shards])
 
-    def backward(self, dlogits, cache, run=map):
+    def backward(self, dlogits, cache, run=map, workspace=None):
         """Gradients of the loss w.r.t. :meth:`parameters`, given dlogits
         ``(n, classes)`` and the cache of :meth:`forward_train`.
 
@@ -212,24 +218,25 @@ class ConvNet:
             conv_caches, bn_caches, pool_caches, count = caches[i]
 
             def pool_back(args):
-                dx, bn_cache, pool_cache = args
-                dz = L.relu_pool_backward(dx, pool_cache)
-                dz2 = dz.reshape(-1, dz.shape[-1])
-                return dz, dz2, L.batchnorm_backward_sums(dz2, bn_cache)
+                dx, bn_cache, pool_cache, _ = args
+                return L.relu_pool_batchnorm_backward_sums(dx, pool_cache, bn_cache)
 
-            pooled = list(run(pool_back, list(zip(dx_shards, bn_caches, pool_caches))))
-            dgamma = sum(p[2][0] for p in pooled)
-            dbeta = sum(p[2][1] for p in pooled)
+            shards = list(zip(dx_shards, bn_caches, pool_caches, conv_caches))
+            sums = list(run(pool_back, shards))
+            dgamma = sum(s[0] for s in sums)
+            dbeta = sum(s[1] for s in sums)
             need_dx = i > 0
 
             def conv_back(args):
-                (dz, dz2, _), bn_cache, conv_cache = args
-                dzn = L.batchnorm_backward_dx_inplace(dz2, bn_cache, dgamma, dbeta, count)
-                return L.conv_backward(dzn.reshape(dz.shape), conv_cache, need_dx=need_dx)
+                dx, bn_cache, pool_cache, conv_cache = args
+                dz = L.relu_pool_batchnorm_backward_dx(dx, pool_cache, bn_cache, dgamma, dbeta, count)
+                return L.conv_backward(dz, conv_cache, need_dx=need_dx)
 
-            backs = list(run(conv_back, list(zip(pooled, bn_caches, conv_caches))))
+            backs = list(run(conv_back, shards))
+            if i == 0 and workspace is not None:  # buffers for the next step (see forward_train)
+                workspace["first_block"] = [(b[0], c[0]) for b, c in zip(bn_caches, conv_caches)]
             caches[i] = None  # this block's buffers are no longer needed
-            del pooled, conv_caches, bn_caches, pool_caches
+            del shards, conv_caches, bn_caches, pool_caches
             dweight = sum(b[1] for b in backs)
             dx_shards = [b[0] for b in backs]
             del backs
@@ -242,12 +249,9 @@ class ConvNet:
             for i, weight in enumerate(self.conv_weights):
                 z, _ = L.conv_forward(x, weight, self.stride, self.padding,
                                       self.max_patch_bytes)
-                n, h, wd, f = z.shape
-                z2 = z.reshape(-1, f)
-                zn = L.batchnorm_forward_eval(z2, self.bn_gammas[i], self.bn_betas[i],
-                                              self.running_means[i], self.running_vars[i],
-                                              BN_EPS, out=z2)
-                x, _ = L.relu_pool_forward(zn.reshape(n, h, wd, f))
+                x = L.batchnorm_eval_relu_pool(z, self.bn_gammas[i], self.bn_betas[i],
+                                               self.running_means[i], self.running_vars[i],
+                                               BN_EPS)
             return L.linear_forward(x.reshape(x.shape[0], -1), self.linear_weight,
                                     self.linear_bias)
 

@@ -352,17 +352,18 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         bs = int(self.batch_size)
         lr = float(self.learning_rate)
         total, count = 0.0, 0
+        workspace = {}  # buffers passed from one batch to the next (ConvNet.forward_train)
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, bs):
                 rows = slice(start, start + bs) if order is None else order[start:start + bs]
-                xb = images[rows].transpose(0, 2, 3, 1)  # NHWC view (a copy for index rows)
+                xb = np.ascontiguousarray(images[rows].transpose(0, 2, 3, 1))  # NHWC (a view for 1 channel)
                 yb = y_index[rows]
-                logits, cache = net.forward_train(split(xb), run)
+                logits, cache = net.forward_train(split(xb), run, workspace=workspace)
                 loss, dlogits = softmax_cross_entropy(logits, yb)
                 if not np.isfinite(loss):
                     self.diverged_ = True
                     break
-                opt.step(net.parameters(), net.backward(dlogits, cache, run), lr)
+                opt.step(net.parameters(), net.backward(dlogits, cache, run, workspace), lr)
                 total += loss * len(yb)
                 count += len(yb)
             if not self.diverged_ and not net.all_finite():
@@ -428,7 +429,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.network_.max_patch_bytes = self._patch_bytes()
         with np.errstate(**_IGNORE_FP), _workers(self.n_jobs) as (run, split):
             for start in range(0, n, step):
-                xb = images[start:start + step].transpose(0, 2, 3, 1)
+                xb = np.ascontiguousarray(images[start:start + step].transpose(0, 2, 3, 1))
                 p = softmax(self.network_.forward_eval(split(xb), run))
                 ok = np.isfinite(p).all(axis=1)
                 proba[start:start + step][ok] = p[ok]

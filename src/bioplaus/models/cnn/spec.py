@@ -77,7 +77,7 @@ def memory_mb(options, input_shape, n_classes=10):
     The largest batch and the widest blocks, with every uniform kernel size,
     stride, padding and depth of the space that fits ``input_shape``: the
     larger of a training step (:func:`~._network.training_step_nbytes`, one
-    shard, plus a patch buffer and a padded chunk per further thread of
+    shard, plus a patch buffer and a patch-gradient chunk per further thread of
     ``n_jobs``) and a test call (a prediction chunk keeps its patches and
     twice its outputs within ``max_patch_mb``; or ``predict_batch_size``
     images). Non-uniform kernels are not searched: a layer's maps, which
