@@ -18,7 +18,9 @@ check at the end of a call reads a weight matrix only when a bound of its
 magnitude, grown at each update from the update's factors, is unknown or
 too large (:mod:`bioplaus.models._finite`; a rule reports its updates'
 bounds through ``_grad_bounds``, otherwise every matrix is read). No number
-depends on either.
+depends on either. Every public call runs with BLAS held to one thread
+(:mod:`bioplaus.models._threads`), so that no number depends on the caller's
+thread count either.
 
 Weights are stored input-major: ``W[l]`` has shape ``(n_l, n_{l+1})`` and a
 layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
@@ -27,7 +29,6 @@ layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -39,7 +40,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import _finite, _inputs
 from bioplaus.models.architecture import MAX_LAYERS
-from bioplaus.models._threads import one_blas_thread
+from bioplaus.models._threads import holds_one_blas_thread
 
 __all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS", "batch_outer"]
 
@@ -282,9 +283,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         angle_sum = np.zeros(len(self._sizes) - 2)
         angle_n = np.zeros(len(self._sizes) - 2)
         batches = 0
-        # small batches are matrix-vector work: extra BLAS threads only cost (as in segdend)
-        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
-        with limits, np.errstate(all="ignore"):  # divergence is detected, not warned about
+        with np.errstate(all="ignore"):  # divergence is detected, not warned about
             for start in range(0, X.shape[0], B):
                 xb = X[start:start + B]
                 T = np.zeros((xb.shape[0], n_out), dtype=self._dtype)
@@ -316,6 +315,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------ scikit-learn API
 
+    @holds_one_blas_thread
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch with ``random_state``.
 
@@ -339,6 +339,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
                 break
         return self
 
+    @holds_one_blas_thread
     def partial_fit(self, X, y, classes=None):
         """One pass over ``(X, y)`` in the given order (no shuffling), from the current weights.
 
@@ -368,6 +369,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
                 out[s:s + PREDICT_CHUNK] = self._output_scores(X[s:s + PREDICT_CHUNK])
         return out
 
+    @holds_one_blas_thread
     def predict(self, X):
         """Class of the largest output (at chance, uniformly at random, if diverged)."""
         scores = self._scores(X)
@@ -376,6 +378,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
         return self.classes_[np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)]
 
+    @holds_one_blas_thread
     def predict_proba(self, X):
         """Class probabilities of shape (n_samples, n_classes) (uniform if diverged)."""
         scores = self._scores(X)

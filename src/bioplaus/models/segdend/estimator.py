@@ -25,7 +25,9 @@ simulator, the test streams and a small test state are kept between calls
 (and rebuilt when a parameter changed), plain NumPy input takes a cheap path
 through scikit-learn's checks (:mod:`bioplaus.models._inputs`, same errors),
 and the weights' finiteness is known without reading them again
-(:class:`~.state.Weights`). None of it changes a number.
+(:class:`~.state.Weights`). None of it changes a number. Every public call
+runs with BLAS held to one thread (:mod:`bioplaus.models._threads`): no number
+depends on the caller's thread count.
 
 Choices where the specification is silent (all documented in the core too):
 training voltages and spike histories carry over from one example to the next
@@ -48,7 +50,6 @@ feedforward weights of the layer above as already updated by the same example
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -62,7 +63,7 @@ from bioplaus.models import _inputs
 from bioplaus.models.segdend import simulator as core
 from bioplaus.models.segdend.config import ConfigCache, make_config, param_values
 from bioplaus.models.segdend.state import State, Weights, slice_state, write_back
-from bioplaus.models._threads import one_blas_thread
+from bioplaus.models._threads import holds_one_blas_thread
 
 __all__ = ["SegregatedDendriteClassifier"]
 
@@ -264,17 +265,13 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         sim = self._simulator(cfg, dtype)
         k = cfg.units_per_class
         n_out = cfg.sizes[-1]
-        # a batch of few examples is matrix-vector work: extra BLAS threads only cost
-        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
         record = [] if self.record_alignment else None  # None: no angle is computed
-        with limits:
-            self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
-            if not self.diverged_ and int(self._weights.pending_m.max()) <= 1:
-                # the check below applies pending updates first; one example's (a BLAS ger, the same
-                # numbers with any number of threads) is cheaper applied here, where one thread runs.
-                # A product of higher rank (gemm) may round differently with other thread counts, so
-                # it stays where it was, under the caller's setting.
-                self._weights.flush()
+        self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
+        if not self.diverged_ and int(self._weights.pending_m.max()) <= 1:
+            # the check below applies pending updates first; one example's (a BLAS ger) is applied
+            # here. A queue of higher rank is left to the next call that needs it, as it always was
+            # (when it is applied decides how the low-rank terms are grouped, hence the rounding).
+            self._weights.flush()
         if not self.diverged_ and not self._weights.all_finite():
             self.diverged_ = True
         if record:  # mean over the batches whose angle is defined, per hidden layer
@@ -334,6 +331,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 "use_sparse_feedback, use_feedback_bias, dtype, use_broadcast with two or more hidden "
                 "layers) after the first call; call fit instead")
 
+    @holds_one_blas_thread
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch (X: (n, n_features) in [0, 1])."""
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=True)
@@ -353,6 +351,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 break
         return self
 
+    @holds_one_blas_thread
     def partial_fit(self, X, y, classes=None):
         """One pass over ``(X, y)`` in the given order (no shuffling), from the current weights.
 
@@ -376,6 +375,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     def _test_config(self):
         return self._config(self.n_features_in_, len(self.classes_))
 
+    @holds_one_blas_thread
     def class_scores(self, X):
         """Mean somatic potential of each class's output units over the test window, ``(n, n_classes)``."""
         if not hasattr(self, "classes_"):
@@ -423,6 +423,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         """``max_state_mb`` (validated by the config) in bytes."""
         return max(1, int(float(self.max_state_mb) * 2**20))
 
+    @holds_one_blas_thread
     def predict(self, X):
         """Class with the largest mean output potential (at chance, uniformly at random, if diverged)."""
         scores = self.class_scores(X)
@@ -432,6 +433,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         scores = np.nan_to_num(scores, nan=-np.inf)
         return self.classes_[np.argmax(scores, axis=1)]
 
+    @holds_one_blas_thread
     def predict_proba(self, X):
         """Softmax of :meth:`class_scores` (a ranking of classes, not calibrated probabilities)."""
         scores = self.class_scores(X)
@@ -442,6 +444,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ fitted weights (paper orientation)
 
     @property
+    @holds_one_blas_thread  # applies pending updates (BLAS)
     def W_(self):
         check_is_fitted(self, "classes_")
         self._weights.flush()
