@@ -30,6 +30,7 @@ layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -46,6 +47,17 @@ __all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS", "batch_outer
 
 #: rows per forward pass when predicting (bounds memory)
 PREDICT_CHUNK = 4096
+
+#: the hyperparameter names of each estimator class (``_get_param_names`` inspects ``__init__``)
+_PARAM_NAMES = {}
+_MISSING = object()
+
+
+def _immutable(value):
+    """True for a value that cannot change in place: a number, string, None, NumPy scalar or tuple of those."""
+    if isinstance(value, int | float | str | np.generic) or value is None:
+        return True
+    return type(value) is tuple and all(map(_immutable, value))
 
 
 def _sigmoid(a):
@@ -197,6 +209,25 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         self._rule_config()
         return hidden
 
+    def _checked(self):
+        """``(dtype, hidden sizes)`` of the current hyperparameters, validated (:meth:`_float_dtype`,
+        :meth:`_validate_common`); a later call whose hyperparameters are the very objects
+        last validated, all immutable, reuses the result instead of validating them again
+        (``set_params``, an assignment or a list changed in place is seen)."""
+        cls = type(self)
+        names = _PARAM_NAMES.get(cls)
+        if names is None:
+            names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
+        d = self.__dict__
+        values = tuple(d.get(n, _MISSING) for n in names)
+        cached = d.get("_checked_params")
+        if cached is not None and all(map(operator.is_, values, cached[0])):
+            return cached[1]
+        result = (self._float_dtype(), self._validate_common())
+        if _MISSING not in values and all(map(_immutable, values)):
+            d["_checked_params"] = (values, result)
+        return result
+
     # ------------------------------------------------------------ state
 
     def _initialize(self, n_in, n_out, hidden, dtype):
@@ -280,8 +311,9 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         n_out = self._sizes[-1]
         B = int(self.batch_size)
         want = bool(self.record_alignment)
-        angle_sum = np.zeros(len(self._sizes) - 2)
-        angle_n = np.zeros(len(self._sizes) - 2)
+        if want:
+            angle_sum = np.zeros(len(self._sizes) - 2)
+            angle_n = np.zeros(len(self._sizes) - 2)
         batches = 0
         with np.errstate(all="ignore"):  # divergence is detected, not warned about
             for start in range(0, X.shape[0], B):
@@ -348,8 +380,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         this call on; the structure (``hidden_layer_sizes``, ``dtype``) cannot change.
         """
         first, X, y_idx = _inputs.partial_fit_rows(self, X, y, classes)
-        dtype = self._float_dtype()
-        hidden = self._validate_common()
+        dtype, hidden = self._checked()
         if first:
             self._initialize(X.shape[1], len(self.classes_), hidden, dtype)
         else:
@@ -376,7 +407,9 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         if self.diverged_:
             rng = np.random.default_rng(0)
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
-        return self.classes_[np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)]
+        if np.isnan(scores).any():
+            scores = np.nan_to_num(scores, nan=-np.inf)
+        return self.classes_[np.argmax(scores, axis=1)]
 
     @holds_one_blas_thread
     def predict_proba(self, X):

@@ -12,10 +12,11 @@ processes, not by BLAS threads (:func:`bioplaus.study.evaluation.run_fold`).
 Cost: ``threadpoolctl.threadpool_limits`` inspects the loaded libraries each
 time it is entered (about 2 ms here), which a ``partial_fit`` or ``predict``
 on a few rows would pay per call. The controller of the BLAS libraries is
-kept between calls and its ``limit`` (about 0.01 ms) is what the estimators
-enter; when every BLAS library already runs one thread (a caller inside
-``threadpool_limits(1)``, as the study's folds are) nothing is entered at all
-(about 0.001 ms: one ``get_num_threads`` per library).
+kept between calls, and a call sets each library that runs more than one
+thread to one and back (a few microseconds: one ``get_num_threads`` and two
+``set_num_threads`` per library); when every BLAS library already runs one
+thread (a caller inside ``threadpool_limits(1)``, as the study's folds are)
+nothing is set at all (about 0.001 ms: one ``get_num_threads`` per library).
 
 The controller is rebuilt when the set of loaded Python modules changed
 (``len(sys.modules)``, checked at each call): a BLAS library loaded after it
@@ -35,32 +36,44 @@ from threadpoolctl import ThreadpoolController
 
 __all__ = ["one_blas_thread", "holds_one_blas_thread"]
 
-_NOTHING = contextlib.nullcontext()
-#: ``[controller of the BLAS libraries, len(sys.modules) when it was built, their get_num_threads]``
-_CACHE: list = [None, -1, ()]
+#: ``[len(sys.modules) when the cache was built, ((get_num_threads, set_num_threads) of each BLAS library)]``
+_CACHE: list = [-1, ()]
 
 
-def _blas_getters():
-    """``(controller, (get_num_threads of each BLAS library))``, rebuilt when modules were loaded."""
-    if len(sys.modules) != _CACHE[1]:
+def _blas_libraries():
+    """``(get_num_threads, set_num_threads)`` of each loaded BLAS library, rebuilt when modules were loaded."""
+    if len(sys.modules) != _CACHE[0]:
         n = len(sys.modules)
         controller = ThreadpoolController().select(user_api="blas")
-        _CACHE[:] = [controller, n, tuple(lib.get_num_threads for lib in controller.lib_controllers)]
-    return _CACHE[0], _CACHE[2]
+        _CACHE[:] = [n, tuple((lib.get_num_threads, lib.set_num_threads) for lib in controller.lib_controllers)]
+    return _CACHE[1]
 
 
-def _controller() -> ThreadpoolController:
-    return _blas_getters()[0]
+def _hold():
+    """Set every BLAS library to one thread; the ``(set_num_threads, threads)`` to restore."""
+    changed = []
+    for get, set_ in _blas_libraries():
+        n = get()
+        if n != 1:
+            set_(1)
+            changed.append((set_, n))
+    return changed
 
 
+def _release(changed):
+    for set_, n in reversed(changed):
+        set_(n)
+
+
+@contextlib.contextmanager
 def one_blas_thread():
-    """A context manager limiting BLAS to one thread (as ``threadpool_limits(1, user_api="blas")``),
-    entered at once (use it in a ``with`` statement)."""
-    controller, getters = _blas_getters()
-    for get in getters:
-        if get() != 1:
-            return controller.limit(limits=1)
-    return _NOTHING
+    """A context manager limiting BLAS to one thread (as ``threadpool_limits(1, user_api="blas")``)
+    and restoring the threads it found on exit."""
+    changed = _hold()
+    try:
+        yield
+    finally:
+        _release(changed)
 
 
 def holds_one_blas_thread(method):
@@ -68,11 +81,12 @@ def holds_one_blas_thread(method):
 
     @functools.wraps(method)
     def held(*args, **kwargs):
-        controller, getters = _blas_getters()
-        for get in getters:
-            if get() != 1:
-                with controller.limit(limits=1):
-                    return method(*args, **kwargs)
-        return method(*args, **kwargs)
+        changed = _hold()
+        if not changed:
+            return method(*args, **kwargs)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _release(changed)
 
     return held

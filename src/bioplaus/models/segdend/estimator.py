@@ -285,8 +285,12 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype, record=None):
         # teaching signals of all examples: the k output units of the class are on
         all_targets = np.zeros((X.shape[0], n_out), dtype)
-        for j in range(k):
-            all_targets[np.arange(X.shape[0]), y_idx * k + j] = 1
+        rows = np.arange(X.shape[0])
+        if k == 1:
+            all_targets[rows, y_idx] = 1
+        else:
+            for j in range(k):
+                all_targets[rows, y_idx * k + j] = 1
         key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
                cfg.use_broadcast)
         if self._state is not None:  # the time constants may have changed since the last call
@@ -325,7 +329,11 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         return (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype, sources)
 
     def _check_structure(self, cfg, dtype):
-        if self._structure_of(cfg, dtype) != self._structure:
+        caches = self.__dict__.setdefault(_CACHES, {})
+        cached = caches.get("structure")  # the structure of the (cached, immutable) cfg object
+        if cached is None or cached[0] is not cfg or cached[1] != dtype:
+            cached = caches["structure"] = (cfg, dtype, self._structure_of(cfg, dtype))
+        if cached[2] != self._structure:
             raise InvalidConfigurationError(
                 "partial_fit cannot change the network's structure (hidden_layer_sizes, units_per_class, "
                 "use_sparse_feedback, use_feedback_bias, dtype, use_broadcast with two or more hidden "
@@ -397,7 +405,10 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 rows = X[s:s + chunk]
                 C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]),
                                       max_state_bytes=state_bytes)
-                out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
+                if cfg.units_per_class == 1:  # the mean of one value is that value, bit for bit
+                    out[s:s + chunk] = C
+                else:
+                    out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
 
     def _test_state(self, sim, n):
@@ -430,7 +441,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         if self.diverged_:
             rng = np.random.default_rng(0)
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
-        scores = np.nan_to_num(scores, nan=-np.inf)
+        if np.isnan(scores).any():
+            scores = np.nan_to_num(scores, nan=-np.inf)
         return self.classes_[np.argmax(scores, axis=1)]
 
     @holds_one_blas_thread
