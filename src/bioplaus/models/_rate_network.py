@@ -29,6 +29,7 @@ layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -321,8 +322,9 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
                 T = np.zeros((xb.shape[0], n_out), dtype=self._dtype)
                 T[np.arange(xb.shape[0]), y_idx[start:start + B]] = 1
                 loss, gW, gb, bp = self._batch_gradients(xb, T, want)
-                self.loss_curve_.append(float(loss))
-                if not np.isfinite(loss):
+                loss = float(loss)
+                self.loss_curve_.append(loss)
+                if not math.isfinite(loss):
                     self.diverged_ = True
                     break
                 if want:

@@ -267,7 +267,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         n_out = cfg.sizes[-1]
         record = [] if self.record_alignment else None  # None: no angle is computed
         self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
-        if not self.diverged_ and int(self._weights.pending_m.max()) <= 1:
+        if not self.diverged_ and max(self._weights.pending_m.tolist()) <= 1:
             # the check below applies pending updates first; one example's (a BLAS ger) is applied
             # here. A queue of higher rank is left to the next call that needs it, as it always was
             # (when it is applied decides how the low-rank terms are grouped, hence the rounding).
@@ -386,6 +386,9 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     @holds_one_blas_thread
     def class_scores(self, X):
         """Mean somatic potential of each class's output units over the test window, ``(n, n_classes)``."""
+        return self._class_scores(X)
+
+    def _class_scores(self, X):
         if not hasattr(self, "classes_"):
             check_is_fitted(self, "classes_")
         X = _inputs.rows(self, X)
@@ -437,7 +440,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     @holds_one_blas_thread
     def predict(self, X):
         """Class with the largest mean output potential (at chance, uniformly at random, if diverged)."""
-        scores = self.class_scores(X)
+        scores = self._class_scores(X)
         if self.diverged_:
             rng = np.random.default_rng(0)
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
@@ -448,7 +451,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     @holds_one_blas_thread
     def predict_proba(self, X):
         """Softmax of :meth:`class_scores` (a ranking of classes, not calibrated probabilities)."""
-        scores = self.class_scores(X)
+        scores = self._class_scores(X)
         scores = np.nan_to_num(scores - scores.max(axis=1, keepdims=True), nan=0.0, neginf=-1e3)
         e = np.exp(scores)
         return e / e.sum(axis=1, keepdims=True)
