@@ -28,7 +28,9 @@ average before and after.
 ``SRC`` (e.g. an unpacked older commit's ``src``) and times it interleaved
 with this one, round by round in the same process, so that machine load
 affects both alike; the ratio old / new is printed. BLAS threads are the
-process default unless ``--blas-threads N`` (threadpoolctl) is given.
+process default unless ``--blas-threads N`` (threadpoolctl) is given; the
+models hold BLAS to one thread in their own calls (``bioplaus.models._threads``),
+so that only changes what that hold costs per call (a few microseconds).
 
     python benchmarks/call_overhead.py --models segdend --rounds 5
     git archive HEAD~3 src | tar -x -C /tmp/old
