@@ -7,8 +7,13 @@ built by its registry entry from ``default_params`` for 28 x 28 inputs and 10
 classes) and each dtype it offers (``--dtypes``), the time of
 
 * ``partial_fit`` on 1 example (median of ``--calls`` consecutive calls) against
-  the time per example inside one call on ``--big`` examples (1,000), and the
-  difference, the fixed overhead of a call;
+  the time per example inside one call on ``--big`` examples (1,000), at the
+  model's batch size and at batch size 1 (``set_params(batch_size=1)`` for
+  that call only), and the difference from the latter, the fixed overhead of
+  a call: a call on one example is one update of batch size 1, so for a rule
+  whose default batch is larger (the rate rules: 100) the time per example at
+  its own batch size leaves out what a batch-1 step really costs (a
+  whole-weight update per example instead of per 100);
 * ``predict`` on 1 row against the time per row inside one ``--big``-row call.
 
 Rows are real Fashion-MNIST images, streamed in order. Every estimator is
@@ -23,7 +28,9 @@ average before and after.
 ``SRC`` (e.g. an unpacked older commit's ``src``) and times it interleaved
 with this one, round by round in the same process, so that machine load
 affects both alike; the ratio old / new is printed. BLAS threads are the
-process default unless ``--blas-threads N`` (threadpoolctl) is given.
+process default unless ``--blas-threads N`` (threadpoolctl) is given; the
+models hold BLAS to one thread in their own calls (``bioplaus.models._threads``),
+so that only changes what that hold costs per call (a few microseconds).
 
     python benchmarks/call_overhead.py --models segdend --rounds 5
     git archive HEAD~3 src | tar -x -C /tmp/old
@@ -97,17 +104,29 @@ def _timed(func):
 
 
 def one_round(est, rows, test, calls, big):
-    """ms: (fit 1, fit per example in ``big``, predict 1, predict per row in ``big``), as (wall, cpu) pairs."""
+    """ms: (fit 1, fit per example in ``big`` at the model's batch size and at batch size 1, predict 1,
+    predict per row in ``big``), as (wall, cpu) pairs."""
     one = []
     for _ in range(calls):
         xb, yb = rows.take(1)
         one.append(_timed(lambda: est.partial_fit(xb, yb)))
     xb, yb = rows.take(big)
     fit_big = _timed(lambda: est.partial_fit(xb, yb))
+    batch = est.get_params().get("batch_size", 1)
+    if batch == 1:
+        fit_big1 = fit_big
+    else:  # the same rows' worth of batch-1 steps (the step a one-example call takes)
+        xb, yb = rows.take(big)
+        est.set_params(batch_size=1)
+        try:
+            fit_big1 = _timed(lambda: est.partial_fit(xb, yb))
+        finally:
+            est.set_params(batch_size=batch)
     pred_one = [_timed(lambda i=i: est.predict(test[i:i + 1])) for i in range(calls)]
     pred_big = _timed(lambda: est.predict(test[:big]))
     med = lambda ts: tuple(1e3 * float(np.median([t[k] for t in ts])) for k in (0, 1))  # noqa: E731
     return {"fit1": med(one), "fitN": tuple(1e3 * t / big for t in fit_big),
+            "fitN1": tuple(1e3 * t / big for t in fit_big1),
             "pred1": med(pred_one), "predN": tuple(1e3 * t / big for t in pred_big)}
 
 
@@ -162,13 +181,17 @@ def main():
                     results[k] = m
                     print(f"{name:9s} {dtype:7s} {label:7s} "
                           f"partial_fit 1: {m['fit1'][0]:7.3f} / {m['fit1'][1]:7.3f}   "
-                          f"per example in {args.big}: {m['fitN'][0]:7.4f} / {m['fitN'][1]:7.4f}   "
-                          f"overhead {m['fit1'][0] - m['fitN'][0]:7.3f} / {m['fit1'][1] - m['fitN'][1]:7.3f}   "
+                          f"per example in {args.big}: {m['fitN'][0]:7.4f} / {m['fitN'][1]:7.4f}, "
+                          f"at batch 1: {m['fitN1'][0]:7.4f} / {m['fitN1'][1]:7.4f}   "
+                          f"overhead {m['fit1'][0] - m['fitN1'][0]:7.3f} / {m['fit1'][1] - m['fitN1'][1]:7.3f}   "
                           f"predict 1: {m['pred1'][0]:6.3f} / {m['pred1'][1]:6.3f}   "
                           f"per row in {args.big}: {m['predN'][0]:7.4f} / {m['predN'][1]:7.4f}", flush=True)
                 if len(copies) == 2:
                     new, old = results
                     print(f"{'':17s} against / this: partial_fit 1 x{old['fit1'][0] / new['fit1'][0]:.2f}, "
+                          f"overhead {old['fit1'][1] - old['fitN1'][1]:.3f} -> {new['fit1'][1] - new['fitN1'][1]:.3f}"
+                          f" ms cpu, predict overhead {old['pred1'][1] - old['predN'][1]:.3f} -> "
+                          f"{new['pred1'][1] - new['predN'][1]:.3f} ms cpu, "
                           f"per example x{old['fitN'][0] / new['fitN'][0]:.2f}, "
                           f"predict 1 x{old['pred1'][0] / new['pred1'][0]:.2f} (wall)", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")

@@ -16,6 +16,8 @@ same errors and is converted the same way.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.utils.multiclass import _check_partial_fit_first_call, check_classification_targets
 from sklearn.utils.validation import validate_data
@@ -27,9 +29,11 @@ _FLOATS = tuple(np.dtype(t) for t in FLOAT_DTYPES)
 
 def _plain_rows(est, X):
     """True if ``validate_data(est, X, dtype=FLOAT_DTYPES, reset=False)`` would return ``X`` itself."""
+    # finiteness: a finite sum means every value is finite (NaN and inf propagate); a sum that
+    # overflows only sends finite rows down scikit-learn's path, which accepts them
     return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _FLOATS and X.shape[0] > 0
             and X.shape[1] == getattr(est, "n_features_in_", None)
-            and not hasattr(est, "feature_names_in_") and bool(np.isfinite(X).all()))
+            and not hasattr(est, "feature_names_in_") and math.isfinite(np.add.reduce(X, axis=None)))
 
 
 def rows(est, X):
@@ -54,8 +58,12 @@ def labelled_rows(est, X, y):
     classes = est.classes_
     if (type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and y.dtype == classes.dtype
             and _plain_rows(est, X) and y.shape[0] == X.shape[0]):
-        idx = np.searchsorted(classes, y)
-        if idx.max() < classes.size and (classes[idx] == y).all():
+        idx = classes.searchsorted(y)
+        if y.shape[0] == 1:  # one label: the same test on scalars, cheaper
+            i = int(idx[0])
+            if i < classes.size and classes[i] == y[0]:
+                return X, idx
+        elif idx.max() < classes.size and (classes[idx] == y).all():
             return X, idx
     X, y = validate_data(est, X, y, dtype=list(FLOAT_DTYPES), reset=False)
     check_classification_targets(y)

@@ -18,7 +18,15 @@ check at the end of a call reads a weight matrix only when a bound of its
 magnitude, grown at each update from the update's factors, is unknown or
 too large (:mod:`bioplaus.models._finite`; a rule reports its updates'
 bounds through ``_grad_bounds``, otherwise every matrix is read). No number
-depends on either.
+depends on either. Every public call runs with BLAS held to one thread
+(:mod:`bioplaus.models._threads`), so that no number depends on the caller's
+thread count either.
+
+A batch-1 step writes every weight: its outer products (:func:`batch_outer`)
+and the SGD step (:meth:`RateNetworkClassifier._apply`) are compiled loops
+(numba) making one pass over each matrix, with the very operations, hence
+the very bits, of the NumPy expressions they replace (which still run for
+arrays that are not contiguous).
 
 Weights are stored input-major: ``W[l]`` has shape ``(n_l, n_{l+1})`` and a
 layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
@@ -27,10 +35,12 @@ layer computes ``a = h @ W[l] + b[l]`` for a batch ``h`` of shape
 
 from __future__ import annotations
 
-import contextlib
+import math
 import numbers
+import operator
 
 import numpy as np
+from numba import njit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -39,12 +49,23 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import _finite, _inputs
 from bioplaus.models.architecture import MAX_LAYERS
-from bioplaus.models._threads import one_blas_thread
+from bioplaus.models._threads import holds_one_blas_thread
 
-__all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS", "batch_outer"]
+__all__ = ["RateNetworkClassifier", "update_angles", "ACTIVATIONS", "batch_outer", "add_scaled"]
 
 #: rows per forward pass when predicting (bounds memory)
 PREDICT_CHUNK = 4096
+
+#: the hyperparameter names of each estimator class (``_get_param_names`` inspects ``__init__``)
+_PARAM_NAMES = {}
+_MISSING = object()
+
+
+def _immutable(value):
+    """True for a value that cannot change in place: a number, string, None, NumPy scalar or tuple of those."""
+    if isinstance(value, int | float | str | np.generic) or value is None:
+        return True
+    return type(value) is tuple and all(map(_immutable, value))
 
 
 def _sigmoid(a):
@@ -66,13 +87,71 @@ def batch_outer(h, d):
     For one row, BLAS's product of inner dimension 1 forms each entry as
     ``0 + h_i d_j`` (one rounding; a product of -0 becomes +0): the broadcast
     product followed by ``+= 0`` gives the same bits (tested against BLAS,
-    signed zeros, subnormals, inf and NaN included) in a third of the time.
+    signed zeros, subnormals, inf and NaN included), here formed in one
+    compiled pass (a fraction of BLAS's time).
     """
     if h.shape[0] == 1 and h.dtype == d.dtype:
-        out = np.multiply(h.T, d)
-        out += out.dtype.type(0)
+        out = np.empty((h.shape[1], d.shape[1]), h.dtype)
+        _outer_plus_zero(h[0], d[0], out, h.dtype.type(0))
         return out
     return h.T @ d
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _outer_plus_zero(h, d, out, zero):  # pragma: no cover - compiled
+    """``out[i, j] = h[i] * d[j] + zero`` (``zero`` = 0 of the arrays' dtype; one pass, the same
+    roundings as ``np.multiply(h.T, d)`` followed by ``+= 0``)."""
+    for i in range(h.size):
+        hi = h[i]
+        for j in range(d.size):
+            out[i, j] = hi * d[j] + zero
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sgd_step(w, v, g, rate, mu, wd, momentum, decay):  # pragma: no cover - compiled
+    """One SGD step in place, element by element, on flat arrays of one dtype: the very
+    operations (one rounding each, in that dtype) of the NumPy sequence ``d = wd * w;
+    g *= rate; v *= mu; v -= g; w += v`` (without momentum ``w -= g``) ``; w -= d``,
+    in one pass over the arrays instead of five or six (``g`` is left as it was)."""
+    for i in range(w.size):
+        x = w[i]
+        gi = g[i] * rate
+        if momentum:
+            vi = v[i] * mu
+            vi = vi - gi
+            v[i] = vi
+            y = x + vi
+        else:
+            y = x - gi
+        if decay:
+            y = y - wd * x
+        w[i] = y
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _add_scaled(z, g, rate):  # pragma: no cover - compiled
+    """``z += rate * g`` in place on flat arrays of one dtype, in one pass (the same roundings
+    as NumPy's ``z += rate * g``, without its temporary)."""
+    for i in range(z.size):
+        z[i] = z[i] + rate * g[i]
+
+
+def add_scaled(z, g, rate):
+    """``z += rate * g`` (``rate`` a scalar of z's dtype), compiled in one pass when the arrays allow."""
+    flat = _flat_views(z, g)
+    if flat is None:
+        z += rate * g
+    else:
+        _add_scaled(*flat, rate)
+
+
+def _flat_views(*arrays):
+    """Flat views of C-contiguous arrays of one shape and dtype, else None."""
+    a0 = arrays[0]
+    for a in arrays:
+        if not (type(a) is np.ndarray and a.flags.c_contiguous and a.shape == a0.shape and a.dtype == a0.dtype):
+            return None
+    return tuple(a.reshape(-1) for a in arrays)
 
 
 def update_angles(rule_grads, bp_grads):
@@ -196,6 +275,25 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         self._rule_config()
         return hidden
 
+    def _checked(self):
+        """``(dtype, hidden sizes)`` of the current hyperparameters, validated (:meth:`_float_dtype`,
+        :meth:`_validate_common`); a later call whose hyperparameters are the very objects
+        last validated, all immutable, reuses the result instead of validating them again
+        (``set_params``, an assignment or a list changed in place is seen)."""
+        cls = type(self)
+        names = _PARAM_NAMES.get(cls)
+        if names is None:
+            names = _PARAM_NAMES[cls] = tuple(cls._get_param_names())
+        d = self.__dict__
+        values = tuple(d.get(n, _MISSING) for n in names)
+        cached = d.get("_checked_params")
+        if cached is not None and all(map(operator.is_, values, cached[0])):
+            return cached[1]
+        result = (self._float_dtype(), self._validate_common())
+        if _MISSING not in values and all(map(_immutable, values)):
+            d["_checked_params"] = (values, result)
+        return result
+
     # ------------------------------------------------------------ state
 
     def _initialize(self, n_in, n_out, hidden, dtype):
@@ -251,25 +349,30 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
             rate = self._dtype.type(rate)
             for params, vel, g, key, G in ((self._W, self._vW, gW[l], "W", grad_bounds[0][l]),
                                            (self._b, self._vb, gb[l], "b", grad_bounds[1][l])):
-                if wd and params is self._W:
-                    decay = self._dtype.type(wd) * params[l]
-                else:
-                    decay = None
+                decays = bool(wd) and params is self._W
                 P, V = mags[key][l], mags["v" + key][l]
                 step = None if G is None else abs(float(rate)) * G
-                g *= rate  # in place (g is this batch's own array): the same numbers as rate * g
+                flat = _flat_views(params[l], vel[l], g)
+                if flat is not None:  # the same operations as below, fused (compiled)
+                    _sgd_step(*flat, rate, dt.type(mu), dt.type(wd), bool(mu), decays)
+                else:
+                    decay = self._dtype.type(wd) * params[l] if decays else None
+                    g *= rate  # in place (g is this batch's own array): the same numbers as rate * g
+                    if mu:
+                        vel[l] *= self._dtype.type(mu)
+                        vel[l] -= g
+                        params[l] += vel[l]
+                    else:
+                        params[l] -= g
+                    if decay is not None:
+                        params[l] -= decay
                 if mu:
-                    vel[l] *= self._dtype.type(mu)
-                    vel[l] -= g
-                    params[l] += vel[l]
                     V = _finite.grown([None if V is None else abs(float(dt.type(mu))) * V, step], 3, dt)
                     mags["v" + key][l] = V
                     new = _finite.grown([P, V], 1, dt)
                 else:
-                    params[l] -= g
                     new = _finite.grown([P, step], 2, dt)
-                if decay is not None:
-                    params[l] -= decay
+                if decays:
                     new = _finite.grown([new, None if P is None else abs(float(dt.type(wd))) * P], 2, dt)
                 mags[key][l] = new
         self._after_update()
@@ -279,19 +382,19 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         n_out = self._sizes[-1]
         B = int(self.batch_size)
         want = bool(self.record_alignment)
-        angle_sum = np.zeros(len(self._sizes) - 2)
-        angle_n = np.zeros(len(self._sizes) - 2)
+        if want:
+            angle_sum = np.zeros(len(self._sizes) - 2)
+            angle_n = np.zeros(len(self._sizes) - 2)
         batches = 0
-        # small batches are matrix-vector work: extra BLAS threads only cost (as in segdend)
-        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
-        with limits, np.errstate(all="ignore"):  # divergence is detected, not warned about
+        with np.errstate(all="ignore"):  # divergence is detected, not warned about
             for start in range(0, X.shape[0], B):
                 xb = X[start:start + B]
                 T = np.zeros((xb.shape[0], n_out), dtype=self._dtype)
                 T[np.arange(xb.shape[0]), y_idx[start:start + B]] = 1
                 loss, gW, gb, bp = self._batch_gradients(xb, T, want)
-                self.loss_curve_.append(float(loss))
-                if not np.isfinite(loss):
+                loss = float(loss)
+                self.loss_curve_.append(loss)
+                if not math.isfinite(loss):
                     self.diverged_ = True
                     break
                 if want:
@@ -316,6 +419,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------ scikit-learn API
 
+    @holds_one_blas_thread
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch with ``random_state``.
 
@@ -339,6 +443,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
                 break
         return self
 
+    @holds_one_blas_thread
     def partial_fit(self, X, y, classes=None):
         """One pass over ``(X, y)`` in the given order (no shuffling), from the current weights.
 
@@ -347,8 +452,7 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
         this call on; the structure (``hidden_layer_sizes``, ``dtype``) cannot change.
         """
         first, X, y_idx = _inputs.partial_fit_rows(self, X, y, classes)
-        dtype = self._float_dtype()
-        hidden = self._validate_common()
+        dtype, hidden = self._checked()
         if first:
             self._initialize(X.shape[1], len(self.classes_), hidden, dtype)
         else:
@@ -368,14 +472,18 @@ class RateNetworkClassifier(ClassifierMixin, BaseEstimator):
                 out[s:s + PREDICT_CHUNK] = self._output_scores(X[s:s + PREDICT_CHUNK])
         return out
 
+    @holds_one_blas_thread
     def predict(self, X):
         """Class of the largest output (at chance, uniformly at random, if diverged)."""
         scores = self._scores(X)
         if self.diverged_:
             rng = np.random.default_rng(0)
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
-        return self.classes_[np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)]
+        if np.isnan(scores).any():
+            scores = np.nan_to_num(scores, nan=-np.inf)
+        return self.classes_[np.argmax(scores, axis=1)]
 
+    @holds_one_blas_thread
     def predict_proba(self, X):
         """Class probabilities of shape (n_samples, n_classes) (uniform if diverged)."""
         scores = self._scores(X)

@@ -133,7 +133,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models import _finite
-from bioplaus.models._rate_network import RateNetworkClassifier, _sigmoid, batch_outer
+from bioplaus.models._rate_network import RateNetworkClassifier, _sigmoid, add_scaled, batch_outer
 from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
 
@@ -285,10 +285,14 @@ class BurstpropClassifier(RateNetworkClassifier):
         diffs, recurrent = self._burst_differences(e, T)
         # descent directions g: the update is -rate * g, i.e. rate * <e_pre^T (Bu^t - Bu)>
         # (in place: the same numbers as -(e^T diffs) * inv_B and b_hat^T u * inv_B)
-        gW = [np.multiply(np.negative(g, out=g), inv_B, out=g)
-              for g in (batch_outer(e[l], diffs[l]) for l in range(L))]
+        # (at B = 1, inv_B is 1 and its products change no bit: they are skipped)
+        gW = []
+        for l in range(L):
+            g = batch_outer(e[l], diffs[l])
+            np.negative(g, out=g)
+            gW.append(g if B == 1 else np.multiply(g, inv_B, out=g))
         gb = [-d.sum(axis=0) * inv_B for d in diffs]
-        self._pending_gZ = [(l, np.multiply(g, inv_B, out=g))
+        self._pending_gZ = [(l, g if B == 1 else np.multiply(g, inv_B, out=g))
                             for l, g in ((l, batch_outer(b_hat, u)) for l, u, b_hat in recurrent)]
         # bounds of the updates' entries (B products summed, then scaled), for the finiteness check
         dt, ib = self._dtype, float(inv_B)
@@ -314,7 +318,7 @@ class BurstpropClassifier(RateNetworkClassifier):
             zb = self._z_bounds()
             gz_bounds = self.__dict__.pop("_pending_gZ_bounds", None) or [None] * len(self._pending_gZ)
             for (l, gZ), G in zip(self._pending_gZ, gz_bounds):
-                self._Z[l] += rate * gZ
+                add_scaled(self._Z[l], gZ, rate)
                 zb[l] = _finite.grown([zb[l], None if G is None else abs(float(rate)) * G], 2, self._dtype)
         self._pending_gZ = None
         self.__dict__.pop("_pending_gZ_bounds", None)

@@ -3,15 +3,48 @@
 ReLU hidden layers, Adam, cross-entropy, no weight decay (as the reference's
 PyTorch model). Searched: batch size, learning rate, 1-6 hidden layers of
 30-500 units (``h_l_1`` .. ``h_l_6``; only the first ``num_layers`` are used).
+
+The estimator is :class:`OneThreadMLPClassifier`, ``MLPClassifier`` whose
+calls run with BLAS held to one thread (:mod:`bioplaus.models._threads`), so
+that its numbers do not depend on the caller's thread count.
 """
 
 from __future__ import annotations
 
 from optuna.distributions import FloatDistribution, IntDistribution
 from sklearn.neural_network import MLPClassifier
+from sklearn.utils.metaestimators import available_if
 
+from bioplaus.models._threads import holds_one_blas_thread
 from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
 from bioplaus.models.registry import ModelSpec
+
+
+class OneThreadMLPClassifier(MLPClassifier):
+    """``MLPClassifier`` (same parameters, same numbers as it gives at one BLAS thread) whose
+    ``fit``, ``partial_fit``, ``predict``, ``predict_proba`` and ``predict_log_proba`` run with
+    BLAS held to one thread."""
+
+    @holds_one_blas_thread
+    def fit(self, X, y, *args, **kwargs):
+        return super().fit(X, y, *args, **kwargs)
+
+    @available_if(lambda est: est._check_solver())  # as MLPClassifier's: not for lbfgs
+    @holds_one_blas_thread
+    def partial_fit(self, X, y, *args, **kwargs):
+        return super().partial_fit(X, y, *args, **kwargs)
+
+    @holds_one_blas_thread
+    def predict(self, X):
+        return super().predict(X)
+
+    @holds_one_blas_thread
+    def predict_proba(self, X):
+        return super().predict_proba(X)
+
+    @holds_one_blas_thread
+    def predict_log_proba(self, X):
+        return super().predict_log_proba(X)
 
 
 def search_space(options=None):
@@ -32,7 +65,7 @@ OPTIONS = {
 
 def build(params, *, input_shape, n_classes, epochs, random_state, options=None):
     options = SPEC.resolve_options(options)
-    return MLPClassifier(
+    return OneThreadMLPClassifier(
         hidden_layer_sizes=hidden_sizes(params),
         activation="relu",
         solver="adam",

@@ -91,7 +91,7 @@ def _n_hidden(est, seen: int) -> int:
 
 
 def _train_source(model, params, X, y, train_idx, test_idx, *, input_shape, classes, epochs, seed,
-                  options, time_limit, n_jobs):
+                  options, time_limit):
     """Rows ``(epoch, epochs_completed, layer, angle_deg, batches, accuracy)`` and the fold's outcome."""
     rows: list[dict[str, Any]] = []
     state = {"calls": 0, "layers": 0}
@@ -114,7 +114,7 @@ def _train_source(model, params, X, y, train_idx, test_idx, *, input_shape, clas
 
     res = run_fold(
         model, params, X, y, train_idx, test_idx, fold=0, input_shape=input_shape, classes=classes,
-        epochs=epochs, seed=seed, options=options, time_limit=time_limit, blas_threads=n_jobs,
+        epochs=epochs, seed=seed, options=options, time_limit=time_limit,
         on_epoch=on_epoch,
     )
     return rows, res
@@ -166,7 +166,9 @@ def run_alignment(
         before a source stops early (flag ``timed_out``; the last row's
         ``epochs_completed`` is then fractional).
     n_jobs : int, default 1
-        BLAS threads of the one training process.
+        Accepted for the command line's ``--threads``; changes nothing: the one
+        training process runs with one BLAS thread (:func:`~bioplaus.study.evaluation.run_fold`),
+        so that the numbers are those of the study's folds whatever the threads.
     out_csv : path or None, default None
         Write the frame there (through ``<out>.partial.csv``, updated after each
         source, so that a killed run resumes without retraining finished
@@ -210,7 +212,7 @@ def run_alignment(
         t0 = time.perf_counter()
         epoch_rows, res = _train_source(
             model, params, X, y, train_idx, test_idx, input_shape=input_shape, classes=classes,
-            epochs=epochs, seed=fold_seed, options=options, time_limit=time_limit, n_jobs=n_jobs)
+            epochs=epochs, seed=fold_seed, options=options, time_limit=time_limit)
         if not epoch_rows:  # invalid, or failed before the first epoch ended
             epoch_rows = [{"epoch": None, "epochs_completed": res.epochs_completed, "layer": None,
                            "angle_deg": math.nan, "batches": 0, "accuracy": res.accuracy}]

@@ -268,7 +268,6 @@ def run_fold(
     seed: int,
     options: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
-    blas_threads: int = 1,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     on_epoch: Callable[[Any, float], None] | None = None,
 ) -> FoldResult:
@@ -283,10 +282,15 @@ def run_fold(
     ``epochs_completed`` is then fractional), before the final test. Its time
     counts neither as training time nor towards ``time_limit``; what it raises
     is recorded like a failure of the model.
+
+    The fold runs with BLAS (and OpenMP) held to one thread, whatever the calling
+    process allows: a product computed by several threads may round differently, and the
+    same configuration and seed must give the same numbers whatever ``--cores`` or
+    ``n_jobs`` (folds parallelise by processes, :func:`evaluate`).
     """
     res = FoldResult(fold=fold)
     spec = get_model(model)
-    with threadpool_limits(limits=max(1, int(blas_threads))):
+    with threadpool_limits(limits=1):
         try:
             est = spec.build(
                 dict(params),
@@ -436,20 +440,19 @@ def evaluate(
         guard against runaway configurations; checked between chunks, so a fold
         may overrun it by one chunk (about ``CHUNK_SECONDS``); testing is not
         counted. A fold that hits it is *censored* (see the module docstring).
-    n_jobs: folds run in parallel on at most this many processes; BLAS threads
-        inside each are limited so that the total stays within ``n_jobs``.
+    n_jobs: folds run in parallel on at most this many processes, each with one
+        BLAS thread (:func:`run_fold`), so that ``n_jobs`` changes no number.
     """
     classes = np.unique(y)
     check_folds(y, n_folds)
     splits = fold_splits(y, n_folds, split_seed)
     n_par = max(1, min(int(n_jobs), n_folds))
-    blas = max(1, int(n_jobs) // n_par)
     calls = [
         delayed(run_fold)(
             model, params, X, y, tr, te,
             fold=k, input_shape=input_shape, classes=classes, epochs=epochs,
             seed=derive_seed(init_seed, INIT, k), options=options,
-            time_limit=time_limit, blas_threads=blas, chunk_rows=chunk_rows,
+            time_limit=time_limit, chunk_rows=chunk_rows,
         )
         for k, (tr, te) in enumerate(splits)
     ]

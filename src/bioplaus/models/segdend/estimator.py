@@ -25,7 +25,9 @@ simulator, the test streams and a small test state are kept between calls
 (and rebuilt when a parameter changed), plain NumPy input takes a cheap path
 through scikit-learn's checks (:mod:`bioplaus.models._inputs`, same errors),
 and the weights' finiteness is known without reading them again
-(:class:`~.state.Weights`). None of it changes a number.
+(:class:`~.state.Weights`). None of it changes a number. Every public call
+runs with BLAS held to one thread (:mod:`bioplaus.models._threads`): no number
+depends on the caller's thread count.
 
 Choices where the specification is silent (all documented in the core too):
 training voltages and spike histories carry over from one example to the next
@@ -48,7 +50,6 @@ feedforward weights of the layer above as already updated by the same example
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 
 import numpy as np
@@ -62,7 +63,7 @@ from bioplaus.models import _inputs
 from bioplaus.models.segdend import simulator as core
 from bioplaus.models.segdend.config import ConfigCache, make_config, param_values
 from bioplaus.models.segdend.state import State, Weights, slice_state, write_back
-from bioplaus.models._threads import one_blas_thread
+from bioplaus.models._threads import holds_one_blas_thread
 
 __all__ = ["SegregatedDendriteClassifier"]
 
@@ -264,17 +265,13 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         sim = self._simulator(cfg, dtype)
         k = cfg.units_per_class
         n_out = cfg.sizes[-1]
-        # a batch of few examples is matrix-vector work: extra BLAS threads only cost
-        limits = one_blas_thread() if B < 64 else contextlib.nullcontext()
         record = [] if self.record_alignment else None  # None: no angle is computed
-        with limits:
-            self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
-            if not self.diverged_ and int(self._weights.pending_m.max()) <= 1:
-                # the check below applies pending updates first; one example's (a BLAS ger, the same
-                # numbers with any number of threads) is cheaper applied here, where one thread runs.
-                # A product of higher rank (gemm) may round differently with other thread counts, so
-                # it stays where it was, under the caller's setting.
-                self._weights.flush()
+        self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
+        if not self.diverged_ and max(self._weights.pending_m.tolist()) <= 1:
+            # the check below applies pending updates first; one example's (a BLAS ger) is applied
+            # here. A queue of higher rank is left to the next call that needs it, as it always was
+            # (when it is applied decides how the low-rank terms are grouped, hence the rounding).
+            self._weights.flush()
         if not self.diverged_ and not self._weights.all_finite():
             self.diverged_ = True
         if record:  # mean over the batches whose angle is defined, per hidden layer
@@ -288,8 +285,12 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     def _train_batches(self, X, y_idx, cfg, sim, B, k, n_out, dtype, record=None):
         # teaching signals of all examples: the k output units of the class are on
         all_targets = np.zeros((X.shape[0], n_out), dtype)
-        for j in range(k):
-            all_targets[np.arange(X.shape[0]), y_idx * k + j] = 1
+        rows = np.arange(X.shape[0])
+        if k == 1:
+            all_targets[rows, y_idx] = 1
+        else:
+            for j in range(k):
+                all_targets[rows, y_idx * k + j] = 1
         key = (B, cfg.sizes, cfg.mem, cfg.use_spiking_feedforward, cfg.use_spiking_feedback,
                cfg.use_broadcast)
         if self._state is not None:  # the time constants may have changed since the last call
@@ -328,12 +329,17 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         return (cfg.sizes, cfg.use_sparse_feedback, cfg.use_feedback_bias, dtype, sources)
 
     def _check_structure(self, cfg, dtype):
-        if self._structure_of(cfg, dtype) != self._structure:
+        caches = self.__dict__.setdefault(_CACHES, {})
+        cached = caches.get("structure")  # the structure of the (cached, immutable) cfg object
+        if cached is None or cached[0] is not cfg or cached[1] != dtype:
+            cached = caches["structure"] = (cfg, dtype, self._structure_of(cfg, dtype))
+        if cached[2] != self._structure:
             raise InvalidConfigurationError(
                 "partial_fit cannot change the network's structure (hidden_layer_sizes, units_per_class, "
                 "use_sparse_feedback, use_feedback_bias, dtype, use_broadcast with two or more hidden "
                 "layers) after the first call; call fit instead")
 
+    @holds_one_blas_thread
     def fit(self, X, y):
         """Train ``epochs`` passes over ``(X, y)``, reshuffled each epoch (X: (n, n_features) in [0, 1])."""
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], reset=True)
@@ -353,6 +359,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 break
         return self
 
+    @holds_one_blas_thread
     def partial_fit(self, X, y, classes=None):
         """One pass over ``(X, y)`` in the given order (no shuffling), from the current weights.
 
@@ -376,8 +383,12 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     def _test_config(self):
         return self._config(self.n_features_in_, len(self.classes_))
 
+    @holds_one_blas_thread
     def class_scores(self, X):
         """Mean somatic potential of each class's output units over the test window, ``(n, n_classes)``."""
+        return self._class_scores(X)
+
+    def _class_scores(self, X):
         if not hasattr(self, "classes_"):
             check_is_fitted(self, "classes_")
         X = _inputs.rows(self, X)
@@ -397,7 +408,10 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
                 rows = X[s:s + chunk]
                 C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]),
                                       max_state_bytes=state_bytes)
-                out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
+                if cfg.units_per_class == 1:  # the mean of one value is that value, bit for bit
+                    out[s:s + chunk] = C
+                else:
+                    out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
 
     def _test_state(self, sim, n):
@@ -423,18 +437,21 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         """``max_state_mb`` (validated by the config) in bytes."""
         return max(1, int(float(self.max_state_mb) * 2**20))
 
+    @holds_one_blas_thread
     def predict(self, X):
         """Class with the largest mean output potential (at chance, uniformly at random, if diverged)."""
-        scores = self.class_scores(X)
+        scores = self._class_scores(X)
         if self.diverged_:
             rng = np.random.default_rng(0)
             return self.classes_[rng.integers(len(self.classes_), size=scores.shape[0])]
-        scores = np.nan_to_num(scores, nan=-np.inf)
+        if np.isnan(scores).any():
+            scores = np.nan_to_num(scores, nan=-np.inf)
         return self.classes_[np.argmax(scores, axis=1)]
 
+    @holds_one_blas_thread
     def predict_proba(self, X):
         """Softmax of :meth:`class_scores` (a ranking of classes, not calibrated probabilities)."""
-        scores = self.class_scores(X)
+        scores = self._class_scores(X)
         scores = np.nan_to_num(scores - scores.max(axis=1, keepdims=True), nan=0.0, neginf=-1e3)
         e = np.exp(scores)
         return e / e.sum(axis=1, keepdims=True)
@@ -442,6 +459,7 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------ fitted weights (paper orientation)
 
     @property
+    @holds_one_blas_thread  # applies pending updates (BLAS)
     def W_(self):
         check_is_fitted(self, "classes_")
         self._weights.flush()
