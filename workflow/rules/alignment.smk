@@ -47,7 +47,9 @@ rule alignment:
         argv=lambda w, input, output, threads: argv(
             "alignment", study_args(w), "--out", output[0],
             "--best", [f"{s}={p}" for s, p in zip(SAMPLERS, input.best)], "--threads", threads),
-    threads: study_threads()
+    # one training process at one BLAS thread (bioplaus.study.alignment.run_alignment: its numbers
+    # are those of the study's folds); more threads would be reserved and never used
+    threads: 1
     resources:
         mem_mb=study_mem_mb,
         runtime=config["runtime"],

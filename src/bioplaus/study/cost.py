@@ -972,7 +972,7 @@ def predict_study(config: Mapping[str, Any], cores: int, calibration: Calibratio
                 jobs.append(Job(f"repeats {d}/{m}", job_threads, float(per_fold.sum() * rounds),
                                 float(per_fold.sum() * n_folds), m, tuple(names)))
             if supports_alignment(m):  # the first fold of each source, in one process
-                jobs.append(Job(f"alignment {d}/{m}", job_threads, float(sources.sum()), float(sources.sum()),
+                jobs.append(Job(f"alignment {d}/{m}", 1, float(sources.sum()), float(sources.sum()),
                                 m, tuple(names)))
             if len(datasets) > 1:  # each other dataset's best, refitted
                 idx = rng.integers(0, len(p.draws), (len(datasets) - 1) * transfer_repeats)
