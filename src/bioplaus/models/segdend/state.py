@@ -348,7 +348,7 @@ class _Pathway:
         and the traces from them (``trace_weights`` (2, mem): weight of each ring slot)."""
         mem, B, n = self.source.hist.shape
         _kernel.project(self.source.hist.reshape(mem * B, n), M, self.proj.reshape(mem * B, -1))
-        np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
+        self.retrace(trace_weights)
 
     def correct(self, terms, trace_weights):
         """Follow low-rank changes ``M += alpha a^T q`` of ``M`` (``terms``: ``(a, q, alpha)``
@@ -369,6 +369,20 @@ class _Pathway:
         for a, q, alpha in terms:
             coef = np.ascontiguousarray((spikes @ a.T).T)  # (r, mem B)
             rank_update(proj, coef, q, alpha)
+        self.retrace(trace_weights)
+
+    def retrace(self, trace_weights):
+        """Form the traces again from the ring's projections (``trace_weights`` as in :meth:`reproject`).
+
+        Between updates the time-step loop carries a trace forward by its
+        recursion (decay, add the newest slot, drop the oldest), whose rounding
+        residue would otherwise decay into subnormal numbers where the source
+        falls silent (slow to compute on x86: a draw with silent feedback
+        sources ran 2x slower); forming it from the ring is what a full
+        projection does, so a matrix that did not move gives the same numbers
+        as projecting it again, at ``2 mem B n_out`` multiply-adds.
+        """
+        mem = self.source.hist.shape[0]
         np.matmul(trace_weights, self.proj.reshape(mem, -1), out=self.trace.reshape(2, -1))
 
 
@@ -509,7 +523,7 @@ class State:
         ``("ff", l)`` (``WT[l]``) and ``("fb", l)`` (``YT[l]``): :data:`CHANGED`
         (anything), or a list of low-rank terms ``(a, q, alpha)``, each the
         update ``M += alpha a^T q`` (:meth:`_Pathway.correct`); a matrix
-        absent from ``changes`` did not change (its ring stays as it is).
+        absent from ``changes`` did not change (its ring stays as it is, its traces are formed again).
         """
         ff, fb = self._spiking_paths
         if ff:
@@ -526,6 +540,8 @@ class State:
                         p.reproject(mats[l], trace_weights)
                     elif change:
                         p.correct(change, trace_weights)
+                    else:  # the ring is still right; its traces are formed again (_Pathway.retrace)
+                        p.retrace(trace_weights)
 
 
 
