@@ -111,6 +111,21 @@ def _maximum(a, b):
     return a if a >= b else b
 
 
+@njit(inline="always")
+def _affine_window(zf, e, uf, row, ch, g, s):
+    """``z * g + s`` (multiply, then add: two roundings) at the four elements of the 2x2 window whose
+    top-left element of channel ``ch`` is ``zf[e + ch]`` (``uf`` channels, ``row`` elements per row)."""
+    a = zf[e + ch] * g
+    a += s
+    b = zf[e + uf + ch] * g
+    b += s
+    c = zf[e + row + ch] * g
+    c += s
+    d = zf[e + row + uf + ch] * g
+    d += s
+    return a, b, c, d
+
+
 @njit(**_JIT)
 def affine_relu_pool(z, scale_first, inv_std, gamma, beta, pooled, code):
     """ReLU and 2x2 max pooling (stride 2, floor) of ``y = xhat * gamma + beta``.
@@ -139,15 +154,7 @@ def affine_relu_pool(z, scale_first, inv_std, gamma, beta, pooled, code):
                 e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
                 o = uint64(((b * hp + py) * wp + px) * f)
                 for ch in range(uf):
-                    g, s = gamma[ch], beta[ch]
-                    a = zf[e + ch] * g
-                    a += s
-                    bq = zf[e + uf + ch] * g
-                    bq += s
-                    c = zf[e + row + ch] * g
-                    c += s
-                    d = zf[e + row + uf + ch] * g
-                    d += s
+                    a, bq, c, d = _affine_window(zf, e, uf, row, ch, gamma[ch], beta[ch])
                     top = _maximum(a, bq)
                     bottom = _maximum(c, d)
                     if bottom > top:
@@ -179,15 +186,7 @@ def affine_relu_pool_eval(z, scale, shift, pooled):
                 e = uint64(((b * h + 2 * py) * w + 2 * px) * f)
                 o = uint64(((b * hp + py) * wp + px) * f)
                 for ch in range(uf):
-                    g, s = scale[ch], shift[ch]
-                    a = zf[e + ch] * g
-                    a += s
-                    bq = zf[e + uf + ch] * g
-                    bq += s
-                    c = zf[e + row + ch] * g
-                    c += s
-                    d = zf[e + row + uf + ch] * g
-                    d += s
+                    a, bq, c, d = _affine_window(zf, e, uf, row, ch, scale[ch], shift[ch])
                     v = _maximum(_maximum(a, bq), _maximum(c, d))
                     pf[o + ch] = v if (v > 0 or v != v) else 0
 
