@@ -41,3 +41,22 @@ def test_normals_do_not_depend_on_grouping_and_leave_other_draws_alone():
     c = RandomStreams(np.random.default_rng(5))
     np.testing.assert_array_equal(a.uniform((50,)), c.uniform((50,)))
     assert a.extra_phase_length() == c.extra_phase_length()
+
+
+def test_noise_added_in_the_matrix_dtype_gives_the_numbers_of_the_float64_path():
+    """Noisy symmetric feedback under broadcast: ``noise.added_to(M)`` (normals rounded to M's dtype,
+    added in place) gives the feedback matrices of ``M + noise(shape).astype(M.dtype)``."""
+    from bioplaus.models.segdend.config import Config
+    from bioplaus.models.segdend.simulator import _SymmetricNoise
+    from bioplaus.models.segdend.state import Weights
+
+    cfg = Config(sizes=(20, 12, 9, 6), use_symmetric_weights=True, noisy_symmetric_weights=True,
+                 use_broadcast=True)
+    for dtype in (np.float32, np.float64):
+        w = Weights.initial(cfg, np.random.default_rng(1), dtype)
+        fused, plain = w.copy(), w.copy()
+        fused.impose_symmetry(cfg, _SymmetricNoise(RandomStreams(np.random.default_rng(2), dtype)))
+        streams = RandomStreams(np.random.default_rng(2), dtype)
+        plain.impose_symmetry(cfg, lambda shape: streams.normal(0.05, shape))
+        for a, b in zip(fused.YT, plain.YT):
+            assert a.dtype == dtype and a.tobytes() == b.tobytes()

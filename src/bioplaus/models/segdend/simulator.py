@@ -167,15 +167,16 @@ class RandomStreams:
 
 class _SymmetricNoise:
     """The N(0, 0.05^2) noise of noisy symmetric feedback from ``streams`` (:meth:`Weights.impose_symmetry`):
-    ``noise(shape)``, and ``noise.added_to(M)`` where the streams offer ``normal_added``."""
+    ``noise(shape)`` (float64 numbers), and ``noise.added_to(M)`` (``M`` plus as many, in ``M``'s dtype)."""
 
-    def __init__(self, streams):
+    def __init__(self, streams: RandomStreams):
         self.streams = streams
-        if hasattr(streams, "normal_added"):
-            self.added_to = lambda M: streams.normal_added(NOISY_SYMMETRIC_SD, M)  # noqa: E731
 
     def __call__(self, shape):
         return self.streams.normal(NOISY_SYMMETRIC_SD, shape)
+
+    def added_to(self, M):
+        return self.streams.normal_added(NOISY_SYMMETRIC_SD, M)
 
 
 class Simulator:
