@@ -245,3 +245,34 @@ def test_epoch_columns_of_the_tables():
     assert math.isnan(cols["accuracy_epoch_2"]) and math.isnan(cols["accuracy_epoch_3"])
     old = epoch_columns({"fold_epochs": [2.0, 1.25, 2.0]}, 2)  # a record of an older storage
     assert old["epochs_completed"] == 1.25 and math.isnan(old["accuracy_epoch_1"])
+
+
+def test_segdend_online_queue_is_not_cut_by_chunks_or_tests(prepared_digits, monkeypatch):
+    """At batch 1 large matrices queue their updates (applied 32 at a time, here 5): chunk ends, whose
+    place follows the measured speed, and the per-epoch tests must not apply a queue early, or the
+    rounding, and so the numbers, would follow the machine's speed."""
+    from bioplaus.data import load_prepared
+    from bioplaus.models import SegregatedDendriteClassifier
+    from bioplaus.models.registry import get_model
+    from bioplaus.models.segdend import state as segdend_state
+
+    monkeypatch.setattr(segdend_state, "DEFER_MIN_SIZE", 1)  # every matrix queued, as large ones are
+    monkeypatch.setattr(segdend_state, "DEFER_RANK", 5)
+    data = load_prepared(prepared_digits)
+    params = dict(get_model("segdend").default_params, h_l_1=30)
+    kw = dict(input_shape=data.input_shape, n_folds=2, epochs=2, split_seed=1, init_seed=2, n_jobs=1,
+              options={"batch_size": 1})
+    scores = []  # every test's class scores, to the bit (accuracies alone rarely see round-off)
+    predict = SegregatedDendriteClassifier.predict
+
+    def recording_predict(self, X):
+        scores[-1].append(self.class_scores(X).tobytes())
+        return predict(self, X)
+
+    monkeypatch.setattr(SegregatedDendriteClassifier, "predict", recording_predict)
+    results = []
+    for chunk_rows in (7, 4096):
+        scores.append([])
+        results.append(evaluate("segdend", params, data.X[:300], data.y[:300], chunk_rows=chunk_rows, **kw))
+    assert len(scores[0]) >= 4 and scores[0] == scores[1]  # 2 folds x 2 epochs at least
+    assert [f.epoch_accuracies for f in results[0].folds] == [f.epoch_accuracies for f in results[1].folds]

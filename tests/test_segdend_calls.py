@@ -64,11 +64,10 @@ class Uncached(SegregatedDendriteClassifier):
 
 
 def _scan_all_finite(weights):
-    """Finiteness as read from every array (no magnitude bound)."""
+    """Finiteness as read from every array, queued updates included but left queued (no magnitude bound)."""
     def check():
-        weights.flush()
-        return all(np.isfinite(x).all() for x in (*weights.WT, *weights.b, *weights.YT, *weights.c)
-                   if x is not None)
+        w = weights.applied()
+        return all(np.isfinite(x).all() for x in (*w.WT, *w.b, *w.YT, *w.c) if x is not None)
     return check
 
 
@@ -193,15 +192,19 @@ def test_finiteness_bound_never_misses_an_overflow(dtype):
                      (1.0, np.inf), (1.0, np.nan)):
         w = _weights(dtype, scale)
         assert w.all_finite()  # read once: the bound is known from now on (unless too large)
-        for rank in (1, 3, 2, 1):  # pending updates of several ranks, each flushed by all_finite
+        for rank in (1, 3, 2, 1):  # pending updates of several ranks, checked queued, then flushed
             for _ in range(rank):
                 m = w.pending_m[0]
                 w.pending[0].P[m] = 1.0
                 w.pending[0].Q[m] = q / rank
                 w.pending_m[0] = m + 1
+            before = w.WT[0].copy()
             with np.errstate(all="ignore"):
                 finite = w.all_finite()
-            assert finite == bool(np.isfinite(w.WT[0]).all())
+                assert w.pending_m[0] == rank and w.WT[0].tobytes() == before.tobytes()  # left queued
+                truth = bool(np.isfinite(w.applied().WT[0]).all())
+                w.flush()
+            assert finite == truth == bool(np.isfinite(w.WT[0]).all())
             if w._bounds[0] is not None:
                 assert finite and w._bounds[0] >= np.abs(w.WT[0]).max()
             if not finite:

@@ -112,7 +112,11 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    W_, b_ : lists; ``W_[l]`` (n_l, n_{l-1}), ``b_[l]`` (n_l,) (layer L-1 = output).
+    W_, b_ : lists; ``W_[l]`` (n_l, n_{l-1}), ``b_[l]`` (n_l,) (layer L-1 = output). Live
+        views: reading ``W_`` applies the online updates still queued (large matrices at batch 1
+        queue up to 32 examples' updates, then apply them at once), so training after a read rounds differently from
+        training without it. Nothing else applies them early: calls of any size, checks
+        and :meth:`predict` leave the learnt numbers exactly as one call would.
     Y_, c_ : feedback weights ``Y_[l]`` (n_l, n_src) of hidden layers; biases
         ``c_`` when ``use_feedback_bias`` (else ``None``).
     classes_, n_features_in_, diverged_ (a fit produced NaN/inf; predictions at
@@ -267,11 +271,8 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         n_out = cfg.sizes[-1]
         record = [] if self.record_alignment else None  # None: no angle is computed
         self._train_batches(X, y_idx, cfg, sim, B, k, n_out, dtype, record)
-        if not self.diverged_ and max(self._weights.pending_m.tolist()) <= 1:
-            # the check below applies pending updates first; one example's (a BLAS ger) is applied
-            # here. A queue of higher rank is left to the next call that needs it, as it always was
-            # (when it is applied decides how the low-rank terms are grouped, hence the rounding).
-            self._weights.flush()
+        # pending low-rank updates stay queued across calls (all_finite does not apply them): where a
+        # queue is cut decides the rounding, so chunks of any size train to the same numbers
         if not self.diverged_ and not self._weights.all_finite():
             self.diverged_ = True
         if record:  # mean over the batches whose angle is defined, per hidden layer
@@ -402,17 +403,28 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
         X = np.asarray(X, dtype=dtype)
         chunk = self._test_chunk(cfg)
         state_bytes = self._state_bytes()
+        weights = self._applied_weights()
         out = np.empty((X.shape[0], n_classes), dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             for s in range(0, X.shape[0], chunk):
                 rows = X[s:s + chunk]
-                C = sim.output_scores(self._weights, rows, streams, self._test_state(sim, rows.shape[0]),
+                C = sim.output_scores(weights, rows, streams, self._test_state(sim, rows.shape[0]),
                                       max_state_bytes=state_bytes)
                 if cfg.units_per_class == 1:  # the mean of one value is that value, bit for bit
                     out[s:s + chunk] = C
                 else:
                     out[s:s + chunk] = C.reshape(C.shape[0], n_classes, cfg.units_per_class).mean(axis=2)
         return out
+
+    def _applied_weights(self):
+        """The weights with their pending updates applied (:meth:`Weights.applied`), formed once per
+        trained state: kept until the next example is learnt (or the weights are replaced)."""
+        caches = self.__dict__.setdefault(_CACHES, {})
+        key = (self.n_examples_seen_, len(self.loss_curve_))
+        cached = caches.get("applied")
+        if cached is None or cached[0] is not self._weights or cached[1] != key:
+            cached = caches["applied"] = (self._weights, key, self._weights.applied())
+        return cached[2]
 
     def _test_state(self, sim, n):
         """A test state of ``sim`` for ``n`` rows kept between calls when it is small
@@ -462,8 +474,11 @@ class SegregatedDendriteClassifier(ClassifierMixin, BaseEstimator):
     @holds_one_blas_thread  # applies pending updates (BLAS)
     def W_(self):
         check_is_fitted(self, "classes_")
+        # live views, as scikit-learn's coefs_: the pending updates are applied first, which fixes where
+        # their queue is cut (training after a read rounds differently from training without one)
         self._weights.flush()
         self._weights.touched()  # views of the weights go out: their bounds cannot be trusted
+        self.__dict__.get(_CACHES, {}).pop("applied", None)  # nor a copy formed before a write through them
         return [w.T for w in self._weights.WT]
 
     @property

@@ -570,7 +570,7 @@ class Simulator:
         simulated side by side whatever the bound.
         """
         cfg = self.cfg
-        w.flush()
+        w = w.applied()  # pending updates read, not applied: testing leaves training as it is
         apical = cfg.use_conductances and cfg.use_apical_conductance
         n = X.shape[0]
         group = n

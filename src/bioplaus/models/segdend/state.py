@@ -210,21 +210,53 @@ class Weights:
         return Weights(cp(self.WT), cp(self.b), cp(self.YT), cp(self.c), cp(self.masks))
 
     def all_finite(self):
-        """True if no weight or bias is NaN or infinite (pending updates applied first)."""
-        self.flush()
+        """True if no weight or bias is NaN or infinite, pending updates included (they stay pending:
+        when a queue is applied decides how its terms are grouped, hence the rounding, so a check
+        must not apply it). A queued matrix is known finite from its bound (class docstring) grown
+        by the queue; only when that bound says nothing is the matrix with its queue formed apart
+        and read."""
         for l, x in enumerate(self.WT):
-            if self._bounds[l] is not None:  # finite: see the class docstring
-                continue
-            if self.pending[l] is None:
-                if not np.isfinite(x).all():
+            if self._bounds[l] is None:
+                if self.pending[l] is None:
+                    if not np.isfinite(x).all():
+                        return False
+                    continue
+                hi, lo = float(x.max()), float(x.min())  # NaN if any is NaN
+                if not (math.isfinite(hi) and math.isfinite(lo)):
                     return False
-                continue
-            hi, lo = float(x.max()), float(x.min())  # NaN if any is NaN
-            if not (math.isfinite(hi) and math.isfinite(lo)):
-                return False
-            bound = max(hi, -lo)
-            self._bounds[l] = bound if bound < _finite.limit(x.dtype) else None
+                bound = max(hi, -lo)
+                self._bounds[l] = bound if bound < _finite.limit(x.dtype) else None
+            m = int(self.pending_m[l])
+            if m:
+                P, Q = self.pending[l].P[:m], self.pending[l].Q[:m]
+                if self._bounds[l] is None or _grown_bound(self._bounds[l], P, Q, x.dtype) is None:
+                    with np.errstate(all="ignore"):
+                        if not np.isfinite(self._applied_matrix(l)).all():
+                            return False
         return all(np.isfinite(x).all() for x in (*self.b, *self.YT, *self.c) if x is not None)
+
+    def _applied_matrix(self, l):
+        """``WT[l]`` with its pending update applied, as a new array (``WT[l]`` itself if none):
+        the numbers :meth:`flush` would now give."""
+        m = int(self.pending_m[l])
+        if not m:
+            return self.WT[l]
+        out = self.WT[l].copy()
+        rank_update(out, self.pending[l].P[:m], self.pending[l].Q[:m], 1.0)
+        return out
+
+    def applied(self):
+        """These weights as trained so far, for readers (testing), leaving this object as it is.
+
+        Itself when nothing is pending; else new :class:`Weights` sharing every array except the
+        queued matrices, which are copies with their queues applied (:meth:`flush`'s numbers). A
+        reader that flushed would decide where the queue is cut, and so the rounding of the
+        training that follows: reading through this view leaves training exactly as without it.
+        """
+        if not self.pending_m.any():
+            return self
+        return Weights([self._applied_matrix(l) for l in range(len(self.WT))], self.b, self.YT, self.c,
+                       self.masks)
 
 
 def _grown_bound(bound, P, Q, dtype):
