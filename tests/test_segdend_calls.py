@@ -418,3 +418,27 @@ def test_broadcast_cannot_change_between_calls_of_a_deep_net(digits):
     shallow = SegregatedDendriteClassifier(hidden_layer_sizes=(12,), random_state=0)
     shallow.partial_fit(X[:3], y[:3], classes=np.arange(10))
     shallow.set_params(use_broadcast=False).partial_fit(X[3:4], y[3:4])  # one feedback source either way
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_checks_of_the_weights_agree_with_numpy(dtype):
+    from bioplaus.models.segdend import _kernel
+
+    rng = np.random.default_rng(3)
+    P, Q = rng.normal(size=(6, 9)).astype(dtype), rng.normal(size=(6, 4)).astype(dtype)
+    want = float(np.dot(np.abs(P[1:5]).max(axis=1).astype(float), np.abs(Q[1:5]).max(axis=1).astype(float)))
+    assert _kernel.queue_growth(P, Q, 1, 5) == pytest.approx(want, rel=1e-15)
+    assert _kernel.queue_growth(P, Q, 3, 3) == 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in ((2, 0), (2, 8)):  # first and last entry of a row: a NaN is kept whatever follows
+            Pb = P.copy()
+            Pb[where] = bad
+            assert not np.isfinite(_kernel.queue_growth(Pb, Q, 0, 6))
+            assert _kernel.queue_growth(Pb, Q, 3, 6) == pytest.approx(
+                float(np.dot(np.abs(P[3:]).max(axis=1).astype(float), np.abs(Q[3:]).max(axis=1).astype(float))))
+            x = P.copy()
+            x[where] = bad
+            assert not _kernel.all_finite(x.reshape(-1))
+    assert _kernel.all_finite(P.reshape(-1)) and _kernel.all_finite(np.zeros(0, dtype))
+    big = np.full(5, np.finfo(dtype).max, dtype)
+    assert _kernel.all_finite(big)  # the largest finite numbers are finite (x * 0 is 0, no overflow)

@@ -750,3 +750,35 @@ def online_update(nL, WT, b, psp, E, scales, mode, P, Q, pending_m):
                         Wi[j] += a * e[j]
         for j in range(e.size):
             bl[j] -= s * e[j]
+
+
+# ---------------------------------------------------------------- checks of the weights
+
+
+@njit(**_JIT)
+def queue_growth(P, Q, start, stop):
+    """``sum_k max_i |P[k, i]| max_j |Q[k, j]|`` over rows ``start <= k < stop``, in float64 (the
+    magnitude a queued low-rank update can add to an entry; ``state._grown_bound``). NaN propagates."""
+    total = 0.0
+    for k in range(start, stop):
+        p = 0.0
+        for i in range(P.shape[1]):
+            a = abs(np.float64(P[k, i]))
+            if a > p or a != a:  # a NaN, once taken, stays
+                p = a
+        q = 0.0
+        for j in range(Q.shape[1]):
+            a = abs(np.float64(Q[k, j]))
+            if a > q or a != a:
+                q = a
+        total += p * q
+    return total
+
+
+@njit(**_JIT)
+def all_finite(x):
+    """True if no entry of the 1-D array ``x`` is NaN or infinite (pass ``a.reshape(-1)``)."""
+    acc = 0.0
+    for i in range(x.shape[0]):
+        acc += x[i] * 0.0  # 0 for a finite entry, NaN for NaN or +-inf
+    return acc == 0.0

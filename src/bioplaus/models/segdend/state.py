@@ -76,6 +76,7 @@ class Weights:
         self.pending_m = np.zeros(len(WT), np.int64)
         self._kernel_arrays = None
         self._bounds = [None] * len(WT)  # per layer: >= max |WT[l]|, all finite; None = unknown
+        self._growth = [(0, 0.0)] * len(WT)  # per layer: (terms read, their sum), see _queue_growth
 
     def touched(self, layers=None):
         """``WT`` of ``layers`` (all if None) is about to change other than by :meth:`flush`:
@@ -113,9 +114,10 @@ class Weights:
                 pend = self.pending[l]
                 P, Q = pend.P[:m], pend.Q[:m]
                 if self._bounds[l] is not None:
-                    self._bounds[l] = _grown_bound(self._bounds[l], P, Q, self.WT[l].dtype)
+                    self._bounds[l] = _grown_bound(self._bounds[l], self._queue_growth(l), m, self.WT[l].dtype)
                 rank_update(self.WT[l], P, Q, 1.0)
                 self.pending_m[l] = 0
+                self.__dict__.setdefault("_growth", [(0, 0.0)] * len(self.WT))[l] = (0, 0.0)
 
     @classmethod
     def initial(cls, cfg: Config, rng: np.random.Generator, dtype=np.float32):
@@ -228,12 +230,26 @@ class Weights:
                 self._bounds[l] = bound if bound < _finite.limit(x.dtype) else None
             m = int(self.pending_m[l])
             if m:
-                P, Q = self.pending[l].P[:m], self.pending[l].Q[:m]
-                if self._bounds[l] is None or _grown_bound(self._bounds[l], P, Q, x.dtype) is None:
+                if (self._bounds[l] is None
+                        or _grown_bound(self._bounds[l], self._queue_growth(l), m, x.dtype) is None):
                     with np.errstate(all="ignore"):
                         if not np.isfinite(self._applied_matrix(l)).all():
                             return False
-        return all(np.isfinite(x).all() for x in (*self.b, *self.YT, *self.c) if x is not None)
+        return all(_kernel.all_finite(x.reshape(-1)) for x in (*self.b, *self.YT, *self.c) if x is not None)
+
+    def _queue_growth(self, l):
+        """``sum_k max|P_k| max|Q_k|`` over the ``pending_m[l]`` queued terms (float64): what they can
+        add to an entry's magnitude (:func:`_grown_bound`). Kept as a running sum, each term's maxima
+        read once (a term is written once, before ``pending_m`` counts it; :meth:`flush` restarts it)."""
+        growth = self.__dict__.setdefault("_growth", [(0, 0.0)] * len(self.WT))
+        seen, total = growth[l]
+        m = int(self.pending_m[l])
+        if seen > m:  # the count was set back other than by flush: read the queue again
+            seen, total = 0, 0.0
+        if m > seen:
+            total += _kernel.queue_growth(self.pending[l].P, self.pending[l].Q, seen, m)
+            growth[l] = (m, total)
+        return total
 
     def _applied_matrix(self, l):
         """``WT[l]`` with its pending update applied, as a new array (``WT[l]`` itself if none):
@@ -259,21 +275,19 @@ class Weights:
                        self.masks)
 
 
-def _grown_bound(bound, P, Q, dtype):
+def _grown_bound(bound, growth, m, dtype):
     """A bound of ``max |W + P^T Q|`` as BLAS computes it in ``dtype`` (``P`` (m, n), ``Q`` (m, k)),
-    given ``bound >= max |W|``; None when it is not below :func:`~bioplaus.models._finite.limit` (or not finite).
+    given ``bound >= max |W|`` and ``growth = sum_k max|q_k| max|p_k|`` (:meth:`Weights._queue_growth`);
+    None when it is not below :func:`~bioplaus.models._finite.limit` (or not finite).
 
     Each entry is ``w + sum_k q_k p_k`` formed by m + 1 multiplications and additions (BLAS
     may fuse them), so its magnitude, and that of every partial sum, is at most
     ``(|w| + sum_k |q_k| |p_k|) (1 + u)^(m+1)`` with ``u = eps / 2`` the unit round-off, and
-    ``sum_k |q_k| |p_k| <= sum_k max|q_k| max|p_k|``. The float64 arithmetic here errs by far
+    ``sum_k |q_k| |p_k| <= growth``. The float64 arithmetic here (``growth`` included) errs by far
     less than the 1e-12 added; below the limit nothing can overflow, so ``W`` stays finite.
     """
-    m = P.shape[0]
-    with np.errstate(all="ignore"):
-        inc = float(np.dot(np.abs(P).max(axis=1).astype(np.float64), np.abs(Q).max(axis=1).astype(np.float64)))
     eps = float(np.finfo(dtype).eps)
-    new = (bound + inc) * (1.0 + (m + 2) * eps) * (1.0 + 1e-12)
+    new = (bound + growth) * (1.0 + (m + 2) * eps) * (1.0 + 1e-12)
     return new if new < _finite.limit(dtype) else None  # NaN fails the test too
 
 
