@@ -311,3 +311,32 @@ def test_default_configuration_trains_from_flat_rows():
     # x 5*5*16 entries, float32) within 64 MiB
     assert model._predict_chunk() == (64 * 2**20) // (4 * 14 * 14 * 5 * 5 * 16)
     assert model.predict(X).shape == (120,)
+
+
+def test_later_calls_on_plain_arrays_skip_checks_but_not_their_numbers_or_errors(digits):
+    """partial_fit and predict take a cheap path for float32 arrays of the fitted shape: the same
+    numbers as scikit-learn's checked path (fed lists here), and malformed input still raises."""
+    images, X_te, y_tr, y_te = digits
+    X_tr, X_te = images.reshape(len(images), -1), X_te.reshape(len(X_te), -1)
+    fast, slow = small_cnn(batch_size=1), small_cnn(batch_size=1)
+    fast.partial_fit(images[:5], y_tr[:5], classes=np.arange(10))
+    slow.partial_fit(images[:5], y_tr[:5], classes=np.arange(10))
+    for i in range(5, 25):
+        rows = images[i:i + 1] if i % 2 else X_tr[i:i + 1]  # images and flat rows alike
+        fast.partial_fit(rows, y_tr[i:i + 1], classes=np.arange(10))
+        slow.partial_fit(X_tr[i:i + 1].tolist(), y_tr[i:i + 1].tolist())
+    assert fast.predict_proba(X_te).tobytes() == slow.predict_proba(X_te.tolist()).tobytes()
+    assert fast.predict_proba(images[:3, 0]).tobytes() == slow.predict_proba(X_tr[:3].tolist()).tobytes()
+    bad = X_tr[:2].copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fast.partial_fit(bad, y_tr[:2])
+    with pytest.raises(ValueError, match="NaN"):
+        fast.predict(bad)
+    with pytest.raises(ValueError):
+        fast.predict(X_tr[:2, :60])
+    with pytest.raises(ValueError, match="not in classes"):
+        fast.partial_fit(X_tr[:1], np.array([11]))
+    with pytest.raises(ValueError, match="differ"):
+        fast.partial_fit(X_tr[:1], y_tr[:1], classes=np.arange(9))
+    assert fast.predict(X_tr[:3].astype(np.float64)).tolist() == fast.predict(X_tr[:3]).tolist()

@@ -29,11 +29,9 @@ _FLOATS = tuple(np.dtype(t) for t in FLOAT_DTYPES)
 
 def _plain_rows(est, X):
     """True if ``validate_data(est, X, dtype=FLOAT_DTYPES, reset=False)`` would return ``X`` itself."""
-    # finiteness: a finite sum means every value is finite (NaN and inf propagate); a sum that
-    # overflows only sends finite rows down scikit-learn's path, which accepts them
     return (type(X) is np.ndarray and X.ndim == 2 and X.dtype in _FLOATS and X.shape[0] > 0
             and X.shape[1] == getattr(est, "n_features_in_", None)
-            and not hasattr(est, "feature_names_in_") and math.isfinite(np.add.reduce(X, axis=None)))
+            and not hasattr(est, "feature_names_in_") and finite_sum(X))
 
 
 def rows(est, X):
@@ -51,19 +49,34 @@ def label_indices(classes, y):
     return np.searchsorted(classes, y)
 
 
+def plain_label_indices(classes, y, n):
+    """Indices of ``y`` in the sorted ``classes`` when ``y`` is a NumPy array (exactly ``np.ndarray``)
+    of ``n`` integer labels of the classes' own dtype, all among them; else None (the caller then
+    checks ``y`` with scikit-learn, which raises or converts as it always did)."""
+    if not (type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and y.dtype == classes.dtype
+            and y.shape[0] == n and n > 0):
+        return None
+    idx = classes.searchsorted(y)
+    if n == 1:  # one label: the same test on scalars, cheaper
+        i = int(idx[0])
+        return idx if i < classes.size and classes[i] == y[0] else None
+    return idx if idx.max() < classes.size and (classes[idx] == y).all() else None
+
+
+def finite_sum(X):
+    """True if the sum of ``X`` is finite: then every value is (NaN and inf propagate); a sum that
+    overflows only sends finite rows down scikit-learn's path, which accepts them."""
+    return math.isfinite(np.add.reduce(X, axis=None))
+
+
 def labelled_rows(est, X, y):
     """A later ``partial_fit``'s ``(X, label indices)``: as ``validate_data(est, X, y,
     dtype=FLOAT_DTYPES, reset=False)``, ``check_classification_targets(y)`` and
     :func:`label_indices` of ``est.classes_`` give them."""
     classes = est.classes_
-    if (type(y) is np.ndarray and y.ndim == 1 and y.dtype.kind in "iu" and y.dtype == classes.dtype
-            and _plain_rows(est, X) and y.shape[0] == X.shape[0]):
-        idx = classes.searchsorted(y)
-        if y.shape[0] == 1:  # one label: the same test on scalars, cheaper
-            i = int(idx[0])
-            if i < classes.size and classes[i] == y[0]:
-                return X, idx
-        elif idx.max() < classes.size and (classes[idx] == y).all():
+    if type(X) is np.ndarray and X.ndim == 2:
+        idx = plain_label_indices(classes, y, X.shape[0])
+        if idx is not None and _plain_rows(est, X):
             return X, idx
     X, y = validate_data(est, X, y, dtype=list(FLOAT_DTYPES), reset=False)
     check_classification_targets(y)
