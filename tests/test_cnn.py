@@ -340,3 +340,13 @@ def test_later_calls_on_plain_arrays_skip_checks_but_not_their_numbers_or_errors
     with pytest.raises(ValueError, match="differ"):
         fast.partial_fit(X_tr[:1], y_tr[:1], classes=np.arange(9))
     assert fast.predict(X_tr[:3].astype(np.float64)).tolist() == fast.predict(X_tr[:3]).tolist()
+
+
+def test_warm_up_compiles_on_a_copy(digits):
+    """The registry's warm-up trains and predicts on a clone (compiling the kernels before a fold's
+    clock starts), leaving the estimator unfitted."""
+    images, _, y_tr, _ = digits
+    est = get_model("cnn").build(dict(DEFAULT_PARAMS), input_shape=(1, 8, 8), n_classes=10, epochs=1,
+                                 random_state=0, options={})
+    get_model("cnn").warm_up(est, images[:2].reshape(2, -1), y_tr[:2], np.arange(10))
+    assert not hasattr(est, "classes_") and not hasattr(est, "network_")

@@ -45,6 +45,15 @@ SpaceFn = Callable[[Mapping[str, Any]], "dict[str, BaseDistribution]"]
 MemoryFn = Callable[[Mapping[str, Any], "tuple[int, int, int]"], float]
 
 
+def compile_on_a_copy(estimator, X, y, classes):
+    """A ``warm_up`` (:class:`ModelSpec`) for models with compiled kernels: one ``partial_fit`` and
+    one ``predict`` on a throw-away clone, so that the kernels of this configuration (training and
+    prediction) are compiled, or loaded from numba's disk cache, before a fold's clock starts."""
+    from sklearn.base import clone
+
+    clone(estimator).partial_fit(X, y, classes=classes).predict(X[:1])
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """How the pipeline builds and searches one model.

@@ -17,7 +17,7 @@ from bioplaus.errors import InvalidConfigurationError
 from bioplaus.models.cnn._network import training_step_nbytes
 from bioplaus.models.cnn.estimator import MAX_BLOCKS, CNNClassifier, check_geometry, params_to_estimator_args
 from bioplaus.models.architecture import unused_widths
-from bioplaus.models.registry import ModelSpec
+from bioplaus.models.registry import ModelSpec, compile_on_a_copy
 
 
 
@@ -134,6 +134,7 @@ SPEC = ModelSpec(
     default_params=DEFAULT_PARAMS,
     description="NumPy CNN: conv -> batch norm -> ReLU -> 2x2 max pool blocks, linear, Adam",
     options=OPTIONS,
+    warm_up=compile_on_a_copy,  # the numba kernels of im2col, pooling and batch norm (_kernels)
     backprop=True,
     inactive=inactive,
     memory_mb=memory_mb,

@@ -9,10 +9,9 @@ non-spiking setting (Guerguiev, Lillicrap & Richards 2017).
 from __future__ import annotations
 
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from sklearn.base import clone
 
 from bioplaus.models.architecture import default_widths, hidden_layer_space, hidden_sizes, unused_widths
-from bioplaus.models.registry import ModelSpec
+from bioplaus.models.registry import ModelSpec, compile_on_a_copy
 from bioplaus.models.segdend.config import SWITCHES
 from bioplaus.models.segdend.estimator import SegregatedDendriteClassifier
 from bioplaus.models.segdend.state import State
@@ -162,7 +161,7 @@ def warm_up(estimator, X, y, classes):
     """Compile the simulator's kernels for this configuration (network depth, dtype) on a
     throw-away copy: compiled code is cached on disk, so this takes about a second once
     the machine has compiled it before, and up to a minute the first time."""
-    clone(estimator).partial_fit(X, y, classes=classes).predict(X[:1])
+    compile_on_a_copy(estimator, X, y, classes)
 
 
 SPEC = ModelSpec(
