@@ -157,11 +157,9 @@ def memory_mb(options, input_shape, n_classes=10):
     return (max(train, test) + 3 * weights * dtype.itemsize) / 1e6
 
 
-def warm_up(estimator, X, y, classes):
-    """Compile the simulator's kernels for this configuration (network depth, dtype) on a
-    throw-away copy: compiled code is cached on disk, so this takes about a second once
-    the machine has compiled it before, and up to a minute the first time."""
-    compile_on_a_copy(estimator, X, y, classes)
+#: Compiles the simulator's kernels for a configuration (depth, dtype) on a throw-away copy; numba's
+#: disk cache makes it about a second once the machine has compiled them, up to a minute the first time.
+warm_up = compile_on_a_copy
 
 
 SPEC = ModelSpec(

@@ -59,7 +59,7 @@ class Weights:
 
     ``WT[l]`` may carry a pending low-rank update (``pending[l]``, of rank
     ``pending_m[l]``); readers other than the simulator's rate-mode drive
-    call :meth:`flush` first. Arrays are updated in place, except ``YT``
+    read through :meth:`applied` (which leaves the queue as it is) or call :meth:`flush` first. Arrays are updated in place, except ``YT``
     under symmetric feedback (replaced: :meth:`impose_symmetry`).
 
     Finiteness (:meth:`all_finite`) of a matrix with pending updates is known
