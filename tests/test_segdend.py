@@ -145,6 +145,35 @@ def test_divergence_stops_and_predicts_at_chance(digits):
     np.testing.assert_allclose(est.predict_proba(X[:5]), 0.1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_is_finite_answers_as_numpy_sums_or_defers(dtype):
+    from bioplaus.models.segdend._kernel import sum_is_finite
+    big = dtype(np.finfo(dtype).max)
+    bound = float(big) / 2
+    cases = [np.zeros(5, dtype), np.linspace(-3, 3, 500).astype(dtype), np.array([np.nan, 1.0], dtype),
+             np.array([1.0, np.inf], dtype), np.array([np.inf, -np.inf], dtype),
+             np.full(4, big / 3, dtype),  # every entry finite, the sum overflows
+             np.array([big, -big], dtype)]  # every entry finite, NumPy's sum is 0
+    for x in cases:
+        answer = sum_is_finite(x, bound)
+        with np.errstate(over="ignore", invalid="ignore"):
+            truth = bool(np.isfinite(x.sum()))
+        assert answer == -1 or bool(answer) == truth, x
+    assert [sum_is_finite(x, bound) for x in cases] == [1, 1, 0, 0, 0, -1, -1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_online_step_flags_biases_whose_sum_overflows(digits, dtype):
+    """Every bias finite but their sum not: the online step reports divergence as NumPy's sum says."""
+    X, y = digits
+    est = SegregatedDendriteClassifier(hidden_layer_sizes=(20,), dtype=dtype, random_state=0)
+    est.partial_fit(X[:5], y[:5], classes=np.arange(10))
+    b0 = est.b_[0]
+    b0[...] = np.finfo(b0.dtype).max / 8  # 20 of them: their sum overflows
+    est.partial_fit(X[5:6], y[5:6])
+    assert np.isfinite(est.b_[0]).all() and est.diverged_
+
+
 def test_units_per_class_and_string_labels(digits):
     X, y = digits
     labels = np.array(list("abcdefghij"))[y]

@@ -752,6 +752,45 @@ def online_update(nL, WT, b, psp, E, scales, mode, P, Q, pending_m):
             bl[j] -= s * e[j]
 
 
+@njit(**_JIT)
+def online_step(nL, fwd_C, fwd_A, tgt_A, lam_out, WT, consts, update_feedback, E, E_inv,
+                b, psp, scales, mode, P, Q, pending_m, out_rates, sum_bound):
+    """:func:`local_errors` (the local rule) then, if every error is finite, :func:`online_update`: one
+    example's errors and updates in one call (batch 1; the same arithmetic in the same order).
+
+    Returns ``(loss, errors_finite, sums)``; ``sums`` says whether the sums of ``out_rates`` and of
+    the first layer's biases ``b[0]``, which the simulator checks after an update, are finite
+    (:func:`sum_is_finite`; 0 when the update was not applied).
+    """
+    loss, finite = local_errors(nL, fwd_C, fwd_A, tgt_A, lam_out, WT, consts, False, update_feedback, E, E_inv)
+    if not finite:
+        return loss, False, 0
+    online_update(nL, WT, b, psp, E, scales, mode, P, Q, pending_m)
+    r = sum_is_finite(out_rates.reshape(-1), sum_bound)
+    if r == 1:
+        r = sum_is_finite(b[0], sum_bound)
+    return loss, True, r
+
+
+@njit(**_JIT)
+def sum_is_finite(x, sum_bound):
+    """Whether the sum of the 1-D array ``x`` in its own dtype (NumPy's ``x.sum()``, any summation
+    order) is finite: 1 yes, 0 no, -1 undecided (ask NumPy).
+
+    An entry that is NaN or infinite makes every such sum NaN or infinite (0). When every entry is
+    finite and their absolute values add up, in float64, to less than ``sum_bound`` (half the
+    dtype's largest number), no partial sum can overflow (1). Otherwise (-1) the answer depends
+    on the order of the additions.
+    """
+    acc = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        if not math.isfinite(v):
+            return 0
+        acc += abs(v)
+    return 1 if acc < sum_bound else -1
+
+
 # ---------------------------------------------------------------- checks of the weights
 
 

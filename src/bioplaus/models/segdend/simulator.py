@@ -209,6 +209,7 @@ class Simulator:
         self._no_history = np.zeros(cfg.mem, self.dtype)
         self._mode_cache, self._scale_cache = {}, {}
         self._lambda_max = self.dtype.type(cfg.lambda_max)
+        self._sum_bound = float(np.finfo(self.dtype).max) / 2  # see _kernel.sum_is_finite
         # the compiled loop's spike-time PSP weights when no spike is consumed (rate mode)
         self._no_psp = (self._dummy1, 0, self._dummy1, 0, self._no_history, self._no_history)
 
@@ -427,13 +428,26 @@ class Simulator:
             st.errors = (padded([np.zeros_like(c) for c in st.C], nL, self._dummy2),
                          padded([np.zeros_like(a) for a in st.A], nL, self._dummy2, -1))
         E, E_inv = st.errors
-        WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
-        loss, finite = _kernel.local_errors(nL, fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts,
-                                            cfg.use_backprop, cfg.update_feedback_weights, E, E_inv)
+        scales = self._scales(f_etas)
+        # one online example of the local rule: its errors and updates in one compiled call
+        online = B == 1 and not cfg.use_backprop and alignment is None
+        sums_finite = -1  # whether the sums checked at the end are finite (-1: not known yet)
+        if online:
+            defer = not (cfg.use_spiking_feedforward or cfg.use_symmetric_weights)
+            mode, deferred, direct = self._update_modes(w, defer)
+            w.ensure_pending(deferred)
+            WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+            w.touched(direct)  # the queued layers (mode 1) change only by flushes
+            loss, finite, sums_finite = _kernel.online_step(
+                nL, fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts, cfg.update_feedback_weights,
+                E, E_inv, b, fsums[3], scales, mode, P, Q, pending_m, st.sources[-1].rates, self._sum_bound)
+        else:
+            WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+            loss, finite = _kernel.local_errors(nL, fsums[0], fsums[1], tsums[1], tsums[2], WT, self._error_consts,
+                                                cfg.use_backprop, cfg.update_feedback_weights, E, E_inv)
         if not finite:
             return loss, False
         # apply the mean of the B per-example updates
-        scales = self._scales(f_etas)
         if alignment is not None:  # the control's hidden errors, before any weight moves
             bp_errors = self._backprop_hidden_errors(w, fsums[0], fwd["psp_ff"], E, scales, B)
         # what changed in each matrix, for the spike rings' projections (State.reproject)
@@ -444,18 +458,21 @@ class Simulator:
             self._backprop_updates(w, fsums[0], psp_ff, E, scales, B)
             changes.update({("ff", l): [(psp_ff[l], E[l], -scales[l] / B)] for l in range(nL)})
         elif B == 1:  # online rule: small updates compiled, large ones queued as low-rank sums or by BLAS
-            defer = not (cfg.use_spiking_feedforward or cfg.use_backprop or cfg.use_symmetric_weights)
-            mode, deferred, direct = self._update_modes(w, defer)
-            if w.ensure_pending(deferred):
-                WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
-            w.touched(direct)  # the queued layers (mode 1) change only by flushes
-            _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
+            if not online:  # (with an alignment record: its angles were formed before any weight moved)
+                defer = not (cfg.use_spiking_feedforward or cfg.use_symmetric_weights)
+                mode, deferred, direct = self._update_modes(w, defer)
+                if w.ensure_pending(deferred):
+                    WT, b, _, _, P, Q, pending_m = w.kernel_arrays()
+                w.touched(direct)
+                _kernel.online_update(nL, WT, b, fsums[3], E, scales, mode, P, Q, pending_m)
+            track = st.projects_spikes  # (rate mode: reproject reads no changes)
             for l in range(nL):
                 if mode[l] == 0:
                     rank_update(w.WT[l], psp_ff[l], E[l], -scales[l])
                 elif mode[l] == 1 and pending_m[l] == _state.DEFER_RANK:
                     w.flush(l)
-                changes[("ff", l)] = [(psp_ff[l], E[l], -scales[l])]
+                if track:
+                    changes[("ff", l)] = [(psp_ff[l], E[l], -scales[l])]
         else:
             w.touched()
             for l in range(nL):
@@ -483,6 +500,8 @@ class Simulator:
             w.impose_symmetry(cfg, noise)
             changes.update({("fb", l): _state.CHANGED for l in range(nL - 1)})
         st.reproject(w, changes)
+        if sums_finite >= 0:  # (online: b[0] and the rates no longer change after online_step)
+            return loss, bool(sums_finite)
         finite = math.isfinite(st.sources[-1].rates.sum()) and math.isfinite(w.b[0].sum())
         return loss, finite
 

@@ -550,6 +550,12 @@ class State:
         self.u_off[:] = total_rows * (np.cumsum(sizes) - sizes) + first_row * sizes
         self.u_per_step = int(total_rows * sizes.sum())
 
+    @property
+    def projects_spikes(self):
+        """True if a pathway of this state is driven by spikes (:meth:`reproject` then reads ``changes``)."""
+        ff, fb = self._spiking_paths
+        return bool(ff or fb)
+
     def nbytes(self):
         """Bytes of the state's arrays (potentials, rates, spike and projection rings, traces,
         counters, buffers; not the phase cache)."""
