@@ -141,13 +141,31 @@ def _splitmix(key, i):
     return z ^ (z >> np.uint64(31))
 
 
+@intrinsic
+def _f64_of_bits(typingctx, x):
+    """The float64 whose IEEE-754 bit pattern is the uint64 ``x`` (a reinterpretation, no rounding)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.uint64), codegen
+
+
+@njit(inline="always")
+def _top53(z):
+    """``(z >> 11) 2^-53`` exactly (float64), for the uint64 ``z``: ``k 2^-52`` for its top 52 bits
+    ``k`` by setting them as the mantissa of 1.0 (``1 + k 2^-52``, minus 1), plus ``2^-53`` times
+    bit 11 of ``z``. Exact, as the integer conversion it replaces, but vectorised: AVX2 converts
+    no 64-bit integers in vectors."""
+    mant = _f64_of_bits((z >> np.uint64(12)) | np.uint64(0x3FF0000000000000)) - 1.0
+    return mant + (1.1102230246251565e-16 if (z >> np.uint64(11)) & np.uint64(1) else 0.0)
+
+
 @njit(inline="always")
 def _uniform(key, i, bits):
     """Uniform in [0, 1) from the top ``bits`` (24 or 53) bits of SplitMix64 output ``i`` (float64)."""
     z = _splitmix(key, np.uint64(i))
     if bits == 24:
         return np.float64(np.int64(z >> np.uint64(40))) * 5.9604644775390625e-08
-    return np.float64(np.int64(z >> np.uint64(11))) * 1.1102230246251565e-16
+    return _top53(z)
 
 
 def _uniform_like(proto, key, i, bits):

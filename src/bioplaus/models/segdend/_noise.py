@@ -37,7 +37,7 @@ import math
 import numpy as np
 from numba import njit
 
-from bioplaus.models.segdend._kernel import _splitmix
+from bioplaus.models.segdend._kernel import _splitmix, _top53
 
 #: Normal number ``i`` uses SplitMix64 output ``NORMAL_OFFSET + i`` of the spike key (spike
 #: uniforms use outputs from 0 up, far below).
@@ -61,9 +61,10 @@ _TAIL_CHUNK = 4096
 
 @njit(inline="always")
 def _uniform53(key, i):
-    """``(k + 1/2) 2^-53`` for the top 53 bits ``k`` of SplitMix64 output ``NORMAL_OFFSET + i``."""
+    """``(k + 1/2) 2^-53`` for the top 53 bits ``k`` of SplitMix64 output ``NORMAL_OFFSET + i``
+    (``k 2^-53`` exactly, plus ``2^-54``: one rounding, that of ``(k + 1/2) 2^-53``)."""
     z = _splitmix(key, np.uint64(NORMAL_OFFSET) + np.uint64(i))
-    return (np.float64(np.int64(z >> np.uint64(11))) + 0.5) * 1.1102230246251565e-16
+    return _top53(z) + 5.551115123125783e-17
 
 
 @njit(inline="always")
@@ -94,22 +95,38 @@ def normal_quantile(u, out):
         out[j] = _quantile_fixed(u[j], _central(u[j]))
 
 
+@njit(inline="always")
+def _central_pass(key, start, scale, out):
+    """``out[j]`` = the central formula's value at uniform ``start + j``, times ``scale`` (a loop of
+    its own over a view: vectorised, where the same loop nested in the chunk loop is not)."""
+    for j in range(out.size):
+        out[j] = _central(_uniform53(key, start + j)) * scale
+
+
+@njit(inline="always")
+def _gather_tails(out, bound, tail):
+    """Indices of the entries of ``out`` above ``bound`` in magnitude into ``tail``; their number."""
+    k = 0
+    for j in range(out.size):  # without branches
+        tail[k] = j
+        k += abs(out[j]) > bound
+    return k
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def fill_normal(key, start, scale, out):
     """``out[j] = scale * z_(start + j)`` (1-D ``out``, float32 or float64): normal numbers
     ``start ..`` of the stream ``key``, see the module docstring."""
     n = out.size
-    bound = _CENTRAL_BOUND * abs(scale)
+    bound = out.dtype.type(_CENTRAL_BOUND * abs(scale))
     tail = np.empty(_TAIL_CHUNK, np.int64)
     tu, tv = np.empty(_TAIL_CHUNK), np.empty(_TAIL_CHUNK)
     for j0 in range(0, n, _TAIL_CHUNK):
         j1 = min(n, j0 + _TAIL_CHUNK)
-        for j in range(j0, j1):  # without branches: vectorised
-            out[j] = _central(_uniform53(key, start + j)) * scale
-        k = 0
-        for j in range(j0, j1):  # indices of the possible tails (about 5%), without branches
-            tail[k] = j
-            k += abs(out[j]) > bound
+        _central_pass(key, start + j0, scale, out[j0:j1])
+        k = _gather_tails(out[j0:j1], bound, tail)  # the possible tails (about 5%), chunk-relative
+        for q in range(k):
+            tail[q] += j0
         # only those (a loop over all numbers would be if-converted and vectorised, taking the
         # logarithm of every one), stage by stage: the logarithms are independent calls, the
         # rest vectorised; _quantile_fixed's operations on each
