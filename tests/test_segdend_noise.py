@@ -60,3 +60,36 @@ def test_noise_added_in_the_matrix_dtype_gives_the_numbers_of_the_float64_path()
         plain.impose_symmetry(cfg, lambda shape: streams.normal(0.05, shape))
         for a, b in zip(fused.YT, plain.YT):
             assert a.dtype == dtype and a.tobytes() == b.tobytes()
+
+
+def _splitmix_numpy(key, i):
+    """SplitMix64 output ``i`` of ``key`` (Steele, Lea & Flood 2014), in NumPy's wrapping uint64."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + (np.asarray(i, np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def test_uniforms_are_the_top_bits_of_splitmix64_exactly():
+    """The compiled streams form their 53-bit uniforms from the bits of each output (no integer
+    conversion): they equal ``(z >> 11) 2^-53`` (spikes) and ``((z >> 11) + 1/2) 2^-53`` (normals)
+    to the last bit, the rounding of the half included."""
+    from bioplaus.models.segdend import _kernel
+
+    key, start, n = np.uint64(0xDEADBEEF12345678), 3 * 2**40 + 11, 200_001
+    k = _splitmix_numpy(key, np.arange(start, start + n, dtype=np.uint64)) >> np.uint64(11)
+    spikes = np.empty(n)
+    _kernel.fill_uniforms(key, start, 53, spikes)
+    np.testing.assert_array_equal(spikes, k.astype(np.float64) * 2.0**-53)
+    k24 = _splitmix_numpy(key, np.arange(start, start + n, dtype=np.uint64)) >> np.uint64(40)
+    _kernel.fill_uniforms(key, start, 24, spikes)
+    np.testing.assert_array_equal(spikes, k24.astype(np.float64) * 2.0**-24)
+    # normals: the quantile of the centred uniform, whatever path (central or tail) it takes
+    kn = _splitmix_numpy(key, np.uint64(_noise.NORMAL_OFFSET) + np.arange(n, dtype=np.uint64)) >> np.uint64(11)
+    u = (kn.astype(np.float64) + 0.5) * 2.0**-53  # the sum rounds (k >= 2^52) as the compiled one must
+    want = np.empty(n)
+    _noise.normal_quantile(u, want)
+    got = np.empty(n)
+    _noise.fill_normal(key, 0, 1.0, got)
+    np.testing.assert_array_equal(got, want)
