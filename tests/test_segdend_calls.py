@@ -442,3 +442,56 @@ def test_compiled_checks_of_the_weights_agree_with_numpy(dtype):
     assert _kernel.all_finite(P.reshape(-1)) and _kernel.all_finite(np.zeros(0, dtype))
     big = np.full(5, np.finfo(dtype).max, dtype)
     assert _kernel.all_finite(big)  # the largest finite numbers are finite (x * 0 is 0, no overflow)
+
+
+class _UniformOnly:
+    """The numbers of a :class:`RandomStreams` offered through ``uniform(shape)`` alone (no spike
+    key): the simulator then runs each phase by itself, in blocks of steps, drawing as it goes."""
+
+    def __init__(self, streams):
+        self._streams = streams
+
+    def uniform(self, shape):
+        return self._streams.uniform(shape)
+
+    def __getattr__(self, name):
+        if name == "spike_key":
+            raise AttributeError(name)
+        return getattr(self._streams, name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [
+    dict(use_spiking_feedforward=True, use_spiking_feedback=True, use_conductances=True, l_f_phase=7,
+         l_t_phase=6, integration_time=3),
+    dict(use_spiking_feedback=True, update_feedback_weights=True, use_conductances=True, l_f_phase=6,
+         l_t_phase=5, integration_time=2),
+    dict(l_f_phase=3, l_t_phase=2, integration_time=1),  # rate mode
+], ids=["spiking", "spiking-feedback-learning", "rate"])
+def test_both_phases_in_one_call_give_the_numbers_of_one_phase_at_a_time(kw, dtype):
+    """A training example's two phases run as one compiled call when the streams generate their
+    uniforms in the loop; phase by phase (streams that only offer ``uniform``) they end the same,
+    to the bit: weights, state and the step counter."""
+    from bioplaus.models.segdend.config import Config
+    from bioplaus.models.segdend.simulator import RandomStreams, Simulator
+    from bioplaus.models.segdend.state import State, Weights
+
+    cfg = Config(sizes=(30, 14, 9, 10), f_etas=(0.2, 0.2, 0.2), b_etas=(0.05, 0.05), mem=4, **kw)
+    rng = np.random.default_rng(0)
+    X = rng.random((12, 30)).astype(dtype)
+    T = np.eye(10, dtype=dtype)[rng.integers(0, 10, 12)]
+    runs = []
+    for wrap in (lambda s: s, _UniformOnly):
+        w = Weights.initial(cfg, np.random.default_rng(1), dtype)
+        sim, st = Simulator(cfg, dtype), State(cfg, 1, dtype)
+        st.reproject(w)
+        streams = RandomStreams(np.random.default_rng(2), dtype)
+        for i in range(12):
+            sim.train_batch(st, w, X[i:i + 1], T[i:i + 1], wrap(streams))
+        w.flush()
+        runs.append((w, st, streams.spike_counter))
+    (w1, st1, n1), (w2, st2, n2) = runs
+    for a, b in zip(w1.WT + w1.b + w1.YT + st1.C + st1.A, w2.WT + w2.b + w2.YT + st2.C + st2.A):
+        assert a.tobytes() == b.tobytes()
+    assert st1.step == st2.step and n1 == n2
+    assert (n1 > 0) == (cfg.use_spiking_feedforward or cfg.use_spiking_feedback)  # uniforms were drawn

@@ -680,6 +680,25 @@ def _fast_forward(nL, t, L_phase, start, C, A, rates, fb_src, C_sum, A_sum, lam_
 
 
 @njit(**_JIT)
+def two_phases(L_f, L_t, start_f, start_t, step, flags_f, flags_t, lead, rest, sums_f, sums_t, U, u_start, key,
+               bits, u_off, per_step, psp_f, psp_t):
+    """A training example's forward phase (``L_f`` steps, window from ``start_f``) then its target
+    phase (``L_t``, from ``start_t``): :func:`phase_steps` twice, in one call.
+
+    The two phases share every argument of the loop but their switches (``flags_f``, ``flags_t``),
+    window sums (``sums_f``, ``sums_t``: the five tuples) and spike-time PSP weights (``psp_f``,
+    ``psp_t``: the six arguments after ``per_step``); ``lead`` = ``(mem, nL)``, ``rest`` = the
+    arguments from ``fb_src`` to ``pl_end``. The target phase's uniforms follow the forward's.
+    Returns the step counter after both.
+    """
+    step, _ = phase_steps(1, L_f, L_f, start_f, step, lead[0], lead[1], flags_f, *rest, *sums_f, U, u_start, key,
+                          bits, u_off, per_step, *psp_f)
+    step, _ = phase_steps(1, L_t, L_t, start_t, step, lead[0], lead[1], flags_t, *rest, *sums_t, U,
+                          u_start + L_f * per_step, key, bits, u_off, per_step, *psp_t)
+    return step
+
+
+@njit(**_JIT)
 def local_errors(nL, fwd_C, fwd_A, tgt_A, lam_out, WT, consts, use_backprop, update_feedback, E, E_inv):
     """Per-example local errors of every layer, from the window means of one training batch.
 

@@ -270,26 +270,8 @@ class Simulator:
             for buf_end, buf_start, pe in zip(st.plateau_end, st.plateau_start, plateau_end):
                 np.copyto(buf_end, pe)
                 np.subtract(buf_end, T - 1, out=buf_start)
-        if cfg.use_spiking_feedforward and not st.p0_valid:  # input fixed for the example: exp(-rate) once
-            src = st.sources[0]
-            np.maximum(src.rates, 0, out=src.rates)
-            np.negative(src.rates, out=st.p0)
-            np.exp(st.p0, out=st.p0)
-            st.p0_valid = True
-        # spike-time weights of the mean PSP (spiking paths), and of the ring's spikes before the phase
-        psp_args = self._no_psp
-        if (collect_psp and cfg.use_spiking_feedforward) or (need_fb_psp and cfg.use_spiking_feedback):
-            psp = [(0, self._dummy1, self._no_history)] * 2
-            for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
-                            (1, need_fb_psp and cfg.use_spiking_feedback)):
-                if on:
-                    off, wv = self._psp_weights(L_phase, T, lag)
-                    hist_w = np.zeros(mem, dt)
-                    for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
-                        if -age - off >= 0:
-                            hist_w[(st.step - age) % mem] = wv[-age - off]
-                    psp[lag] = (off, wv, hist_w)
-            psp_args = (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
+        self._input_spike_odds(st)
+        psp_args = self._psp_args(st, L_phase, T, collect_psp, need_fb_psp)
         start = L_phase - T + 1
         per_step, u_off = st.u_per_step, st.u_off
         t, step = 1, st.step
@@ -311,6 +293,56 @@ class Simulator:
             t = t_last + 1
         st.step = step
         return sums, out
+
+    def _input_spike_odds(self, st):
+        """Spiking feedforward: ``exp(-rate)`` of the input, once per example (the input is fixed)."""
+        if self.cfg.use_spiking_feedforward and not st.p0_valid:
+            src = st.sources[0]
+            np.maximum(src.rates, 0, out=src.rates)
+            np.negative(src.rates, out=st.p0)
+            np.exp(st.p0, out=st.p0)
+            st.p0_valid = True
+
+    def _psp_args(self, st, L_phase, T, collect_psp, need_fb_psp):
+        """The compiled loop's spike-time weights of the mean PSPs (spiking paths) for a phase of
+        ``L_phase`` steps starting after step ``st.step``, and those of the ring's spikes before it."""
+        cfg = self.cfg
+        if not ((collect_psp and cfg.use_spiking_feedforward) or (need_fb_psp and cfg.use_spiking_feedback)):
+            return self._no_psp
+        mem = cfg.mem
+        psp = [(0, self._dummy1, self._no_history)] * 2
+        for lag, on in ((0, collect_psp and cfg.use_spiking_feedforward),
+                        (1, need_fb_psp and cfg.use_spiking_feedback)):
+            if on:
+                off, wv = self._psp_weights(L_phase, T, lag)
+                hist_w = np.zeros(mem, self.dtype)
+                for age in range(mem):  # ring slot of phase step -age (step 0 = the last simulated)
+                    if -age - off >= 0:
+                        hist_w[(st.step - age) % mem] = wv[-age - off]
+                psp[lag] = (off, wv, hist_w)
+        return (psp[0][1], psp[0][0], psp[1][1], psp[1][0], psp[0][2], psp[1][2])
+
+    def _two_phases(self, st, w, Lf, Lt, T, targets, streams):
+        """The forward and target phases of a training example in one compiled call (the same
+        numbers as :meth:`_simulate` twice): for fixed plateau times and uniforms from the streams'
+        key (or none). Returns the forward phase's ``(sums, out)`` and the target phase's sums."""
+        cfg = self.cfg
+        need_fb_psp = cfg.update_feedback_weights
+        head_f, sums_f, out_f = self._phase_arrays(st, w, (False, True, False, True, need_fb_psp, False))
+        head_t, sums_t, _ = self._phase_arrays(st, w, (True, True, True, False, False, False))
+        np.copyto(st.target, targets)  # (read by the target phase only)
+        self._input_spike_odds(st)
+        psp_f = self._psp_args(st, Lf, T, True, need_fb_psp)
+        per_step = st.u_per_step
+        if per_step:
+            u_start, key, bits = streams.spike_counter, streams.spike_key, streams.spike_bits
+            streams.spike_counter += (Lf + Lt) * per_step
+        else:
+            u_start, key, bits = 0, _NO_KEY, 0
+        st.step = _kernel.two_phases(Lf, Lt, Lf - T + 1, Lt - T + 1, st.step, head_f[2], head_t[2], head_f[:2],
+                                     head_f[3:], sums_f, sums_t, self._dummy1, u_start, key, bits, st.u_off,
+                                     per_step, psp_f, self._no_psp)
+        return sums_f, out_f, sums_t
 
     def _update_modes(self, w, defer):
         """Per layer, how an online update is applied (see ``_kernel.online_update``),
@@ -416,8 +448,11 @@ class Simulator:
             pe_t = [Lt - np.minimum(streams.plateau_offsets((B, cfg.sizes[l + 1])), Lt - T)
                     for l in range(nL - 1)]
         self.set_input(st, X)
-        fsums, fwd = self._simulate(st, w, Lf, T, None, streams, pe_f, True, True, False)
-        tsums, _ = self._simulate(st, w, Lt, T, targets, streams, pe_t, False, True, True)
+        if pe_f is None and (st.u_per_step == 0 or hasattr(streams, "spike_key")):
+            fsums, fwd, tsums = self._two_phases(st, w, Lf, Lt, T, targets, streams)
+        else:
+            fsums, fwd = self._simulate(st, w, Lf, T, None, streams, pe_f, True, True, False)
+            tsums, _ = self._simulate(st, w, Lt, T, targets, streams, pe_t, False, True, True)
         f_etas = cfg.f_etas if f_etas is None else f_etas
         b_etas = cfg.b_etas if b_etas is None else b_etas
         if cfg.use_backprop or cfg.use_symmetric_weights or cfg.use_spiking_feedforward:
