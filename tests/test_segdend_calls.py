@@ -422,6 +422,7 @@ def test_broadcast_cannot_change_between_calls_of_a_deep_net(digits):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_checks_of_the_weights_agree_with_numpy(dtype):
+    from bioplaus.models._finite import entries_finite, every_entry_finite
     from bioplaus.models.segdend import _kernel
 
     rng = np.random.default_rng(3)
@@ -438,10 +439,10 @@ def test_compiled_checks_of_the_weights_agree_with_numpy(dtype):
                 float(np.dot(np.abs(P[3:]).max(axis=1).astype(float), np.abs(Q[3:]).max(axis=1).astype(float))))
             x = P.copy()
             x[where] = bad
-            assert not _kernel.all_finite(x.reshape(-1))
-    assert _kernel.all_finite(P.reshape(-1)) and _kernel.all_finite(np.zeros(0, dtype))
+            assert not entries_finite(x.reshape(-1)) and not every_entry_finite([None, P, x])
+    assert entries_finite(P.reshape(-1)) and entries_finite(np.zeros(0, dtype)) and every_entry_finite([P, None])
     big = np.full(5, np.finfo(dtype).max, dtype)
-    assert _kernel.all_finite(big)  # the largest finite numbers are finite (x * 0 is 0, no overflow)
+    assert entries_finite(big)  # the largest finite numbers are finite (x * 0 is 0, no overflow)
 
 
 class _UniformOnly:

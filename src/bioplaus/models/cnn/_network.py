@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bioplaus.models import _finite
 from bioplaus.models.cnn import _layers as L
 
 BN_EPS = 1e-5
@@ -135,8 +136,7 @@ class ConvNet:
 
     def all_finite(self):
         """True when no parameter or running statistic holds NaN/inf."""
-        arrays = self.parameters() + self.running_means + self.running_vars
-        return all(np.isfinite(a).all() for a in arrays)
+        return _finite.every_entry_finite(self.parameters() + self.running_means + self.running_vars)
 
     # -- passes -----------------------------------------------------------------
     #

@@ -849,12 +849,3 @@ def queue_growth(P, Q, start, stop):
                 q = a
         total += p * q
     return total
-
-
-@njit(**_JIT)
-def all_finite(x):
-    """True if no entry of the 1-D array ``x`` is NaN or infinite (pass ``a.reshape(-1)``)."""
-    acc = 0.0
-    for i in range(x.shape[0]):
-        acc += x[i] * 0.0  # 0 for a finite entry, NaN for NaN or +-inf
-    return acc == 0.0

@@ -235,7 +235,7 @@ class Weights:
                     with np.errstate(all="ignore"):
                         if not np.isfinite(self._applied_matrix(l)).all():
                             return False
-        return all(_kernel.all_finite(x.reshape(-1)) for x in (*self.b, *self.YT, *self.c) if x is not None)
+        return _finite.every_entry_finite((*self.b, *self.YT, *self.c))
 
     def _queue_growth(self, l):
         """``sum_k max|P_k| max|Q_k|`` over the ``pending_m[l]`` queued terms (float64): what they can
