@@ -25,7 +25,10 @@ projections, and the PSP-filtered drive is kept as two exponential traces
 enters and the projection ``mem`` steps old leaves; the mean PSP needed by
 the learning rule is accumulated spike by spike with precomputed weights.
 Online updates (batch 1) of large matrices are queued as a low-rank sum and
-applied every ``DEFER_RANK`` examples by one matrix product.
+applied every ``DEFER_RANK`` examples by one matrix product. Little Python
+runs per training example: its two phases are one compiled call
+(``_kernel.two_phases``), and at batch 1 its errors and updates are another
+(``_kernel.online_step``).
 
 Alignment record (on request only, :meth:`Simulator.train_batch`'s
 ``alignment``): per batch, the angle between each hidden layer's applied
@@ -259,7 +262,6 @@ class Simulator:
         """:meth:`run_phase`, returning ``(sums, out)``: the window means as the compiled loop's
         tuples (C, A, lam_out, psp_ff, psp_fb; placeholders where not collected) and as a dict."""
         cfg, dt = self.cfg, self.dtype
-        mem = cfg.mem
         need_fb_psp = collect_psp and cfg.update_feedback_weights
         switches = (target is not None, collect_A, collect_lam, collect_psp, need_fb_psp,
                     plateau_end is not None)
