@@ -150,12 +150,15 @@ def cmd_estimate(args) -> None:
 
 def add_command(sub) -> None:
     """Register ``estimate`` on the CLI's subcommand parser."""
+    from bioplaus.study.cost import CALIBRATION_POINTS
+
     s = sub.add_parser("estimate", help="predicted CPU-hours and wall time of a configured study (with interval)")
     s.add_argument("--configfile", default="config.yaml", help="the study's config (default: config.yaml)")
     s.add_argument("--cores", type=int, default=None, help="cores the workflow may use (default: this machine's)")
     s.add_argument("--calibration-examples", type=int, default=300,
                    help="training rows (and as many test rows) per calibration point (default 300)")
-    s.add_argument("--calibration-points", type=int, default=6, help="points timed per model (default 6)")
+    s.add_argument("--calibration-points", type=int, default=CALIBRATION_POINTS,
+                   help=f"points timed per model (default {CALIBRATION_POINTS})")
     s.add_argument("--calibration-dataset", default=None,
                    help="dataset to calibrate on (default: the config's largest available here)")
     s.add_argument("--calibration", default=None, metavar="FILE", help="use a saved calibration instead")

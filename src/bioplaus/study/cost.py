@@ -99,6 +99,10 @@ SGD_FLOPS, SGD_PASSES = 2, 3
 #: Calibration points are drawn at evenly spaced ranks of the work of valid candidates up to this
 #: quantile (the slowest tenth is left out so that calibration stays short).
 CALIBRATION_TOP_QUANTILE = 0.9
+#: Points timed per model by default. With 6, the segdend fit scattered by a factor of 4 on a
+#: 2-core AMD EPYC and the paper study's p10-p90 spanned 600-2,060 CPU-hours; with 10, by 2.1-2.3
+#: and 500-780, for some 10 CPU seconds more.
+CALIBRATION_POINTS = 10
 
 
 # --------------------------------------------------------------------------- drawing points
@@ -643,7 +647,7 @@ def _spread_by_work(candidates, k):
 
 
 def calibrate(models: Sequence[str], X: np.ndarray, y: np.ndarray, *, input_shape, rows: int = 300,
-              points: int = 6, seed: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
+              points: int = CALIBRATION_POINTS, seed: int = 0, options: Mapping[str, Mapping[str, Any]] | None = None,
               log: Callable[[str], None] | None = None) -> Calibration:
     """Time ``points`` points of each model on ``rows`` training and ``rows`` test rows; fit each model.
 
