@@ -13,12 +13,13 @@ For every point (``--models``; default every registered model, its largest
 point and its default) this script runs, in a fresh process per point, what
 one fold process does: every page of the memory map made resident (a fold
 reads every row in its first epoch), the model's warm-up, ``partial_fit`` on chunks of the
-fold's shuffled training rows that grow as ``run_fold``'s do (one
-mini-batch, then at most fourfold per chunk towards ``CHUNK_SECONDS``, at
-most ``DEFAULT_CHUNK_ROWS`` rows), until ``--min-chunks`` chunks are done and
-either ``--train-seconds`` have passed or two chunks of the largest size were
-trained (the state of every model is allocated in its first batch, so the
-peak is steady by then); then one test call: the first ``PREDICT_CHUNK_ROWS``
+fold's shuffled training rows that grow as ``run_fold``'s do without a time
+limit (one mini-batch, then fourfold per chunk up to ``DEFAULT_CHUNK_ROWS``
+rows, :func:`bioplaus.study.evaluation.next_chunk_rows`), until ``--min-chunks``
+chunks are done and either two chunks of the largest size were trained or
+``--train-seconds`` have passed and one was (the next chunk is then of the
+largest size; the state of every model is allocated in its first batch, so
+the peak is steady by then); then one test call: the first ``PREDICT_CHUNK_ROWS``
 rows of the test fold copied as ``run_fold`` copies them, of which the first
 ``test_rows`` (per point, below) are predicted (every row of a test call
 goes through the same per-chunk buffers, so a few internal chunks give the
@@ -197,7 +198,8 @@ def child_fold(task):
 
     from bioplaus.models import get_model
     from bioplaus.study.evaluation import (
-        CHUNK_SECONDS, DEFAULT_CHUNK_ROWS, PREDICT_CHUNK_ROWS, _batch_size, _chunk_rows, fold_splits, split_seed_for,
+        DEFAULT_CHUNK_ROWS, PREDICT_CHUNK_ROWS, _batch_size, _chunk_rows, fold_splits, next_chunk_rows,
+        split_seed_for,
     )
     from bioplaus.study.seeds import INIT, derive_seed
 
@@ -223,16 +225,17 @@ def child_fold(task):
         with np.errstate(all="ignore"):
             while start < len(order):
                 part = order[start:start + chunk]
-                t_chunk = time.perf_counter()
                 est.partial_fit(X[part], y[part], classes=classes)
-                per_row = (time.perf_counter() - t_chunk) / len(part)
                 start += len(part)
                 chunks.append(len(part))
                 at_max += len(part) == max_chunk
-                chunk = min(max_chunk, 4 * chunk, _chunk_rows(est, int(CHUNK_SECONDS / max(per_row, 1e-9))))
-                if len(chunks) >= task["min_chunks"] and (
-                        at_max >= 2 or time.process_time() - t0 >= task["train_seconds"]):
-                    break
+                chunk = next_chunk_rows(est, chunk, max_chunk)
+                if len(chunks) >= task["min_chunks"]:
+                    late = time.process_time() - t0 >= task["train_seconds"]
+                    if at_max >= 2 or (late and at_max >= 1):
+                        break
+                    if late:  # out of time: one chunk of the largest size, whose rows a fold copies
+                        chunk = max_chunk
             train_cpu = time.process_time() - t0
             train = _status()
             reset = _reset_peak()

@@ -20,14 +20,16 @@ SHARED = REPO.parent / "shared"
 class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
     """A tiny incremental classifier whose failures are set by ``mode``:
     ``ok``, ``invalid`` (raises InvalidConfigurationError), ``diverge`` (sets
-    ``diverged_`` after the first chunk), ``slow`` (burns CPU per chunk),
-    ``error`` (raises RuntimeError), ``nan`` (raises FloatingPointError)."""
+    ``diverged_`` once more than ``diverge_after`` rows were seen: after the first chunk by
+    default), ``slow`` (burns CPU per chunk), ``error`` (raises RuntimeError), ``nan`` (raises
+    FloatingPointError)."""
 
-    def __init__(self, mode="ok", shrink=1.0, batch_size=1, sleep=0.05):
+    def __init__(self, mode="ok", shrink=1.0, batch_size=1, sleep=0.05, diverge_after=0):
         self.mode = mode
         self.shrink = shrink
         self.batch_size = batch_size
         self.sleep = sleep
+        self.diverge_after = diverge_after
 
     def partial_fit(self, X, y, classes=None):
         if self.mode == "invalid":
@@ -46,7 +48,7 @@ class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
             m = y == c
             self.sums_[i] += X[m].sum(0)
             self.counts_[i] += m.sum()
-        if self.mode == "diverge":
+        if self.mode == "diverge" and self.counts_.sum() > self.diverge_after:
             self.diverged_ = True
         if self.mode == "slow":  # burn CPU: time limits count CPU seconds
             end = time.process_time() + self.sleep
@@ -65,7 +67,8 @@ class NearestMeanClassifier(ClassifierMixin, BaseEstimator):
 def _fake_build(params, *, input_shape, n_classes, epochs, random_state, options):
     return NearestMeanClassifier(mode=params["mode"], shrink=params["shrink"],
                                  batch_size=int(options.get("batch_size", 1)),
-                                 sleep=float(options.get("sleep", 0.05)))
+                                 sleep=float(options.get("sleep", 0.05)),
+                                 diverge_after=int(options.get("diverge_after", 0)))
 
 
 FAKE = register(ModelSpec(

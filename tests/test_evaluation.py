@@ -46,6 +46,29 @@ def test_divergence_stops_training_and_is_measured(digits):
     assert res.epoch_accuracies[-1] == res.accuracy and not res.censored
 
 
+def test_where_a_diverged_fold_stops_does_not_depend_on_the_machines_speed(digits, monkeypatch):
+    """Without a time limit the chunks, and so the point where divergence is seen, ignore timing."""
+    import time as _time
+    import types
+
+    from bioplaus.study import evaluation
+
+    def run(seconds_per_call):
+        clock = iter(range(10**6))
+        fake = types.SimpleNamespace(perf_counter=lambda: next(clock) * seconds_per_call,
+                                     process_time=_time.process_time)
+        monkeypatch.setattr(evaluation, "time", fake)
+        return _eval(digits, {"mode": "diverge", "shrink": 1.0}, epochs=3, n_jobs=1,
+                     options={"diverge_after": 700})
+
+    fast, slow = run(1e-6), run(30.0)  # a call seen to take a microsecond, or half a minute
+    for res in (fast, slow):
+        assert res.diverged and all(f.diverged for f in res.folds)
+    assert [f.epochs_completed for f in slow.folds] == [f.epochs_completed for f in fast.folds]
+    assert [f.accuracy for f in slow.folds] == [f.accuracy for f in fast.folds]
+    assert all(0 < f.epochs_completed < 2 for f in fast.folds)  # stopped inside training, after 700 rows
+
+
 def test_numerical_exception_counts_as_divergence(digits):
     res = _eval(digits, {"mode": "nan", "shrink": 1.0})
     assert res.diverged and not res.error

@@ -3,7 +3,9 @@
 One configuration → stratified k-fold cross-validation. Each fold builds a
 fresh estimator from the model registry, trains it for ``epochs`` passes by
 repeated ``partial_fit`` calls on shuffled chunks of the training rows (so the
-time limit and divergence are checked between chunks), and measures the test
+time limit and divergence are checked between chunks; without a time limit the
+chunks do not depend on timing, so where a diverged fold is seen to stop does
+not either, :func:`next_chunk_rows`), and measures the test
 accuracy of the held-out fold after every epoch (the learning curve; the last
 epoch's value is the fold's accuracy). Testing draws no random number of the
 model's training and does not change the chunks, so the curve leaves the
@@ -59,9 +61,9 @@ from bioplaus.study.seeds import INIT, SPLIT, derive_seed
 
 #: largest number of rows per ``partial_fit`` call (rounded up to a multiple of the batch size)
 DEFAULT_CHUNK_ROWS = 4096
-#: wall seconds a chunk should take: chunks start at one mini-batch and grow
-#: (at most fourfold per chunk) towards this,
-#: so that the time limit is checked often even for slow models
+#: wall seconds a chunk should take when a time limit is set: chunks start at one mini-batch and
+#: grow (at most fourfold per chunk) towards this, so that the limit is checked often even for
+#: slow models (without a limit they grow fourfold to the largest chunk, whatever the speed)
 CHUNK_SECONDS = 2.0
 #: rows per ``predict`` call when testing (bounds the memory of a test pass)
 PREDICT_CHUNK_ROWS = 8192
@@ -244,6 +246,24 @@ def _chunk_rows(est, chunk_rows: int) -> int:
     return max(batch, int(math.ceil(chunk_rows / batch)) * batch)
 
 
+def next_chunk_rows(est, rows: int, max_rows: int, seconds_per_row: float | None = None,
+                    target_seconds: float = CHUNK_SECONDS) -> int:
+    """Rows of the ``partial_fit`` chunk after one of ``rows`` rows: four times as many, at most
+    ``max_rows`` and, when ``seconds_per_row`` (the measured speed) is given, at most what
+    ``target_seconds`` allow, in whole mini-batches of ``est``.
+
+    :func:`run_fold` passes the speed only when a time limit is set. Without one the chunks, and
+    so the points between them where divergence is checked, depend on nothing but the model's
+    batch size: a diverged fold stops after the same chunk, with the same ``epochs_completed``
+    and the same model, whatever the machine's load or ``--cores`` (chunking itself never
+    changes what is learnt, since chunks are whole mini-batches).
+    """
+    rows = min(int(max_rows), 4 * int(rows))
+    if seconds_per_row is not None:
+        rows = min(rows, _chunk_rows(est, int(target_seconds / max(seconds_per_row, 1e-9))))
+    return rows
+
+
 def _accuracy(est, X, y, idx) -> float:
     correct = 0
     for start in range(0, len(idx), PREDICT_CHUNK_ROWS):
@@ -313,7 +333,7 @@ def run_fold(
             rng = np.random.default_rng(seed)
             max_chunk = _chunk_rows(est, chunk_rows)
             chunk = _batch_size(est)  # start with one mini-batch: a slow model is checked early
-            target = CHUNK_SECONDS if time_limit is None else min(CHUNK_SECONDS, max(0.05, time_limit / 10))
+            target = None if time_limit is None else min(CHUNK_SECONDS, max(0.05, time_limit / 10))
             n_train, n_epochs = len(train_idx), int(epochs)
             t0 = time.perf_counter()
             # the limit counts this process's CPU time, not wall time, so that a
@@ -332,9 +352,10 @@ def run_fold(
                         est.partial_fit(X[part], y[part], classes=classes)
                         per_row = (time.perf_counter() - t_chunk) / len(part)
                         start += len(part)
-                        # chunk boundaries fall on whole mini-batches, so adapting them to
-                        # the measured speed never changes what is learnt
-                        chunk = min(max_chunk, 4 * chunk, _chunk_rows(est, int(target / max(per_row, 1e-9))))
+                        # chunk boundaries fall on whole mini-batches, so adapting them to the
+                        # measured speed (only under a time limit) never changes what is learnt
+                        chunk = next_chunk_rows(est, chunk, max_chunk, None if target is None else per_row,
+                                                target or CHUNK_SECONDS)
                         res.epochs_completed = epoch + start / n_train
                         if _is_diverged(est):
                             res.diverged, stop = True, True
@@ -438,8 +459,9 @@ def evaluate(
         model initialisation and shuffling seed is derived.
     time_limit: CPU seconds of training allowed per fold (None: unlimited), a
         guard against runaway configurations; checked between chunks, so a fold
-        may overrun it by one chunk (about ``CHUNK_SECONDS``); testing is not
-        counted. A fold that hits it is *censored* (see the module docstring).
+        may overrun it by one chunk (about ``CHUNK_SECONDS``; with a limit the
+        chunks follow the measured speed, so a diverged fold's ``epochs_completed``
+        then can too); testing is not counted. A fold that hits it is *censored* (see the module docstring).
     n_jobs: folds run in parallel on at most this many processes, each with one
         BLAS thread (:func:`run_fold`), so that ``n_jobs`` changes no number.
     """
