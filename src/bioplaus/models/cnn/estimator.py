@@ -38,7 +38,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from bioplaus.errors import ConfigError, InvalidConfigurationError
 from bioplaus.models.cnn._layers import softmax, softmax_cross_entropy
 from bioplaus.models.cnn._network import Adam, ConvNet, feature_map_shapes
-from bioplaus.models._inputs import finite_sum, plain_label_indices
+from bioplaus.models._inputs import finite_sum, label_indices, plain_label_indices
 from bioplaus.models._threads import one_blas_thread
 
 MAX_BLOCKS = 5
@@ -354,14 +354,6 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """``max_patch_mb`` in bytes (at least one byte)."""
         return max(int(float(self.max_patch_mb) * 2**20), 1)
 
-    def _encode(self, y):
-        """Indices ``(n,)`` of the labels y in ``classes_``."""
-        index = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
-        if not np.array_equal(self.classes_[index], y):
-            unknown = np.setdiff1d(np.unique(y), self.classes_)
-            raise ValueError(f"labels {unknown.tolist()} are not in classes {self.classes_.tolist()}")
-        return index
-
     def _train_pass(self, images, y_index, order=None):
         """One pass over ``images`` (n, c, h, w) in mini-batches, in the given
         row order (default: as stored). Stops at the first NaN/inf loss."""
@@ -407,7 +399,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         rng = check_random_state(self.random_state)
         self._initialise(image_shape, np.unique(y), channels, kernels, rng)
-        y_index = self._encode(y)
+        y_index = label_indices(self.classes_, y)
         for _ in range(int(self.epochs)):
             order = rng.permutation(len(y_index)) if self.shuffle else None
             self._train_pass(images, y_index, order)
@@ -438,7 +430,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                              check_random_state(self.random_state))
         else:
             self._check_classes(classes)
-        self._train_pass(images, self._encode(y))
+        self._train_pass(images, label_indices(self.classes_, y))
         return self
 
     def _check_classes(self, classes):
