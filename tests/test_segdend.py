@@ -145,6 +145,27 @@ def test_divergence_stops_and_predicts_at_chance(digits):
     np.testing.assert_allclose(est.predict_proba(X[:5]), 0.1)
 
 
+@pytest.mark.parametrize("B", [1, 3, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spike_projection_adds_active_rows_in_increasing_order(B, dtype):
+    """``project`` gives, per example, ``0 + s_i1 M[i1] + s_i2 M[i2] + ...`` over its spiking sources
+    in increasing order, to the last bit: the order the batch-1 equivalence rests on."""
+    from bioplaus.models.segdend._kernel import project
+
+    rng = np.random.default_rng(B)
+    n, m = 203, 77
+    S = rng.choice(np.array([0, 0, 0, 0, 0, 1, 1, 2, 3], dtype), size=(B, n))
+    S[0] = 0  # an example without a spike
+    M = rng.standard_normal((n, m)).astype(dtype)
+    out = np.full((B, m), np.nan, dtype)
+    project(S, M, out)
+    for b in range(B):
+        ref = np.zeros(m, dtype)
+        for i in np.flatnonzero(S[b]):
+            ref = ref + S[b, i] * M[i]
+        assert np.array_equal(out[b], ref), b
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sum_is_finite_answers_as_numpy_sums_or_defers(dtype):
     from bioplaus.models.segdend._kernel import sum_is_finite
