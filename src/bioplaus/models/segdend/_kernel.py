@@ -296,9 +296,11 @@ def _project(S, M, out, rows):
     Every entry is ``0 + s_i1 M[i1, j] + s_i2 M[i2, j] + ...`` over the active
     sources in increasing order. Example by example: its active sources are
     listed first (``rows``: int scratch of at least n), then their rows of
-    ``M`` are added to the example's row of ``out``, which stays in the
-    nearest cache, while the rows ``PREFETCH_AHEAD`` sources ahead are
-    prefetched (rows are scattered through a matrix larger than the caches).
+    ``M`` are added, four per pass, to the example's row of ``out``, which
+    stays in the nearest cache (each entry read and written once per four
+    terms, which it gets one after the other as one at a time would), while
+    the rows ``PREFETCH_AHEAD`` sources ahead are prefetched (rows are
+    scattered through a matrix larger than the caches).
     Adding each active row of ``M`` once to every example that spiked on it
     (source by source) gives the same numbers, but scatters its additions over
     all of ``out``: 1.4-3x slower here for a test batch of 500 rows.
@@ -315,9 +317,22 @@ def _project(S, M, out, rows):
             k += s0[i] != 0.0
         for q in range(min(k, PREFETCH_AHEAD)):
             _prefetch_row(M, rows[q])
-        for q in range(k):
-            if q + PREFETCH_AHEAD < k:
-                _prefetch_row(M, rows[q + PREFETCH_AHEAD])
+        q = 0
+        while q + 4 <= k:  # four rows per pass over o: each entry gets their terms in order
+            for r in range(q + PREFETCH_AHEAD, min(k, q + 4 + PREFETCH_AHEAD)):
+                _prefetch_row(M, rows[r])
+            i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
+            a0, a1, a2, a3 = s0[i0], s0[i1], s0[i2], s0[i3]
+            M0, M1, M2, M3 = M[i0], M[i1], M[i2], M[i3]
+            for j in range(m):
+                x = o[j]
+                x += a0 * M0[j]
+                x += a1 * M1[j]
+                x += a2 * M2[j]
+                x += a3 * M3[j]
+                o[j] = x
+            q += 4
+        for q in range(q, k):
             i = rows[q]
             s = s0[i]
             Mi = M[i]
