@@ -443,6 +443,18 @@ def test_compiled_checks_of_the_weights_agree_with_numpy(dtype):
     assert entries_finite(P.reshape(-1)) and entries_finite(np.zeros(0, dtype)) and every_entry_finite([P, None])
     big = np.full(5, np.finfo(dtype).max, dtype)
     assert entries_finite(big)  # the largest finite numbers are finite (x * 0 is 0, no overflow)
+    # arrays of several kinds in one check (grouped into one compiled call per kind)
+    other = np.float64 if dtype == np.float32 else np.float32
+    frozen = P.copy()
+    frozen.flags.writeable = False
+    kinds = [P, Q.astype(other), frozen, P[:, 1], np.zeros((0, 3), dtype), Q.T]
+    assert every_entry_finite(kinds)
+    for i in range(len(kinds)):
+        for bad in (np.nan, np.inf):
+            broken = [k.copy() if j == i else k for j, k in enumerate(kinds)]
+            if broken[i].size:
+                broken[i].reshape(-1)[-1] = bad
+                assert not every_entry_finite(broken), (i, bad)
 
 
 class _UniformOnly:

@@ -83,16 +83,40 @@ def refresh(arrays, bounds):
             bounds[i] = m if m < limit(x.dtype) else None
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+# The sums below add only zeros and NaNs, whose total is the same in any order, so they may be
+# reassociated (and so vectorised); without "nnan" or "ninf", x * 0 is not folded to 0.
+_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+
+
+@njit(**_JIT)
 def entries_finite(x):
     """True if no entry of the 1-D array ``x`` is NaN or infinite (pass ``a.reshape(-1)``): one
-    compiled pass, without the temporary of ``np.isfinite(x).all()``."""
-    acc = 0.0
+    compiled, vectorised pass, without the temporary of ``np.isfinite(x).all()``."""
+    if x.shape[0] == 0:
+        return True
+    zero = x[0] - x[0]  # 0 in x's dtype (NaN if x[0] is not finite, and then so is the sum)
+    acc = zero
     for i in range(x.shape[0]):
-        acc += x[i] * 0.0  # 0 for a finite entry, NaN for NaN or +-inf
-    return acc == 0.0
+        acc += x[i] * zero  # 0 for a finite entry, NaN for NaN or +-inf
+    return acc == zero
+
+
+@njit(**_JIT)
+def _tuple_finite(arrays):
+    """:func:`entries_finite` of every 1-D array of a tuple of one array type, in one call."""
+    for x in arrays:
+        if not entries_finite(x):
+            return False
+    return True
 
 
 def every_entry_finite(arrays):
-    """True if no entry of any array (of any shape; None entries skipped) is NaN or infinite."""
-    return all(entries_finite(x.reshape(-1)) for x in arrays if x is not None)
+    """True if no entry of any array (of any shape; None entries skipped) is NaN or infinite: one
+    compiled call per kind of array (dtype, writeable, contiguous) rather than one per array
+    (a dozen calls cost some 40 microseconds of a one-image CNN step)."""
+    kinds: dict = {}
+    for x in arrays:
+        if x is not None:
+            flat = x.reshape(-1)
+            kinds.setdefault((flat.dtype, flat.flags.writeable, flat.flags.c_contiguous), []).append(flat)
+    return all(_tuple_finite(tuple(group)) for group in kinds.values())
