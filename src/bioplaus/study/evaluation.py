@@ -246,20 +246,20 @@ def _chunk_rows(est, chunk_rows: int) -> int:
     return max(batch, int(math.ceil(chunk_rows / batch)) * batch)
 
 
-def next_chunk_rows(est, rows: int, max_rows: int, seconds_per_row: float | None = None,
-                    target_seconds: float = CHUNK_SECONDS) -> int:
+def next_chunk_rows(est, rows: int, max_rows: int, seconds_per_row: float = 0.0,
+                    target_seconds: float | None = None) -> int:
     """Rows of the ``partial_fit`` chunk after one of ``rows`` rows: four times as many, at most
-    ``max_rows`` and, when ``seconds_per_row`` (the measured speed) is given, at most what
-    ``target_seconds`` allow, in whole mini-batches of ``est``.
+    ``max_rows`` and, when ``target_seconds`` is given, at most what it allows at the measured
+    ``seconds_per_row``, in whole mini-batches of ``est``.
 
-    :func:`run_fold` passes the speed only when a time limit is set. Without one the chunks, and
+    :func:`run_fold` gives a target only when a time limit is set. Without one the chunks, and
     so the points between them where divergence is checked, depend on nothing but the model's
     batch size: a diverged fold stops after the same chunk, with the same ``epochs_completed``
     and the same model, whatever the machine's load or ``--cores`` (chunking itself never
     changes what is learnt, since chunks are whole mini-batches).
     """
     rows = min(int(max_rows), 4 * int(rows))
-    if seconds_per_row is not None:
+    if target_seconds is not None:
         rows = min(rows, _chunk_rows(est, int(target_seconds / max(seconds_per_row, 1e-9))))
     return rows
 
@@ -354,8 +354,7 @@ def run_fold(
                         start += len(part)
                         # chunk boundaries fall on whole mini-batches, so adapting them to the
                         # measured speed (only under a time limit) never changes what is learnt
-                        chunk = next_chunk_rows(est, chunk, max_chunk, None if target is None else per_row,
-                                                target or CHUNK_SECONDS)
+                        chunk = next_chunk_rows(est, chunk, max_chunk, per_row, target)
                         res.epochs_completed = epoch + start / n_train
                         if _is_diverged(est):
                             res.diverged, stop = True, True
@@ -460,8 +459,9 @@ def evaluate(
     time_limit: CPU seconds of training allowed per fold (None: unlimited), a
         guard against runaway configurations; checked between chunks, so a fold
         may overrun it by one chunk (about ``CHUNK_SECONDS``; with a limit the
-        chunks follow the measured speed, so a diverged fold's ``epochs_completed``
-        then can too); testing is not counted. A fold that hits it is *censored* (see the module docstring).
+        chunks follow the measured speed, so a diverged fold's
+        ``epochs_completed`` then can too); testing is not counted. A fold that
+        hits it is *censored* (see the module docstring).
     n_jobs: folds run in parallel on at most this many processes, each with one
         BLAS thread (:func:`run_fold`), so that ``n_jobs`` changes no number.
     """

@@ -287,6 +287,8 @@ def _prefetch_row(typingctx, M, i):
 
 #: Active sources ahead whose rows :func:`_project` prefetches (their rows are scattered).
 PREFETCH_AHEAD = 4
+#: Active rows :func:`_project` adds per pass over an example's result (the loop below names four).
+ROWS_PER_PASS = 4
 
 
 @njit
@@ -318,8 +320,8 @@ def _project(S, M, out, rows):
         for q in range(min(k, PREFETCH_AHEAD)):
             _prefetch_row(M, rows[q])
         q = 0
-        while q + 4 <= k:  # four rows per pass over o: each entry gets their terms in order
-            for r in range(q + PREFETCH_AHEAD, min(k, q + 4 + PREFETCH_AHEAD)):
+        while q + ROWS_PER_PASS <= k:  # four rows per pass over o: each entry gets their terms in order
+            for r in range(q + PREFETCH_AHEAD, min(k, q + ROWS_PER_PASS + PREFETCH_AHEAD)):
                 _prefetch_row(M, rows[r])
             i0, i1, i2, i3 = rows[q], rows[q + 1], rows[q + 2], rows[q + 3]
             a0, a1, a2, a3 = s0[i0], s0[i1], s0[i2], s0[i3]
@@ -331,7 +333,7 @@ def _project(S, M, out, rows):
                 x += a2 * M2[j]
                 x += a3 * M3[j]
                 o[j] = x
-            q += 4
+            q += ROWS_PER_PASS
         for q in range(q, k):
             i = rows[q]
             s = s0[i]
